@@ -1,0 +1,1 @@
+"""scratchgpt: a GPT-style language model from scratch, trained by a reproducible DVC pipeline."""

@@ -1,0 +1,291 @@
+"""params.yaml as typed, validated sections.
+
+A stage calls `load("pretrain")` and gets exactly the sections that its `params:` list in
+dvc.yaml declares, so a stage cannot read a knob that DVC does not know it depends on. Every
+value is checked before any work starts; a bad one stops the stage with one line that names
+the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from scratchgpt.errors import ScratchGPTError
+
+PARAMS_FILE = "params.yaml"
+PIPELINE_FILE = "dvc.yaml"
+
+
+class ParamsError(ScratchGPTError):
+    """A missing, unknown or out-of-range value in params.yaml."""
+
+
+def bad_value(key: str, value: object, allowed: str) -> ParamsError:
+    """The one-line error for `key` holding `value` where `allowed` describes what fits."""
+    return ParamsError(f"{PARAMS_FILE}: {key} = {value!r}: {allowed}")
+
+
+def _rule(test: typing.Callable[[Any], bool], allowed: str) -> Any:
+    return field(metadata={"test": test, "allowed": allowed})
+
+
+def positive() -> Any:
+    return _rule(lambda v: v > 0, "must be > 0")
+
+
+def non_negative() -> Any:
+    return _rule(lambda v: v >= 0, "must be >= 0")
+
+
+def fraction(*, closed_high: bool) -> Any:
+    if closed_high:
+        return _rule(lambda v: 0 < v <= 1, "must be in (0, 1]")
+    return _rule(lambda v: 0 < v < 1, "must be in (0, 1)")
+
+
+def non_empty() -> Any:
+    return _rule(lambda v: len(v) > 0, "must not be empty")
+
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    source: str = non_empty()  # a Hugging Face dataset id or a local path
+    revision: str | None  # hub revision; ignored for local paths
+    max_docs: int | None = positive()  # cap per split for quick runs; None keeps all
+
+
+@dataclass(frozen=True)
+class DataParams:
+    imdb: SourceParams
+    lyrics: SourceParams
+
+
+@dataclass(frozen=True)
+class CleanParams:
+    val_fraction: float = fraction(closed_high=False)
+
+
+@dataclass(frozen=True)
+class TokenizeParams:
+    encoding: str = non_empty()
+    shard_tokens: int = positive()
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    num_heads: int = positive()
+    embed_dim: int = positive()
+    attention_dim: int = positive()
+    num_blocks: int = positive()
+    context_length: int = positive()
+    dropout_rate: float = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
+    vocab_multiple: int = positive()
+
+    def check(self, section: str) -> None:
+        if self.attention_dim % self.num_heads:
+            raise bad_value(
+                f"{section}.num_heads",
+                self.num_heads,
+                f"must divide {section}.attention_dim = {self.attention_dim}",
+            )
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    learning_rate: float = positive()
+    weight_decay: float = non_negative()
+    num_epochs: int = positive()
+    batch_size: int = positive()
+    warmup_steps: int = non_negative()
+    max_lr: float = positive()
+    min_lr: float = non_negative()
+    eval_freq: int = positive()
+    eval_batches: int = positive()
+    gradient_clip: float = positive()
+    patience: int = positive()
+    max_steps: int | None = positive()
+    seed: int = non_negative()
+    device: Device
+    precision: Precision
+    compile: bool
+    num_threads: int | None = positive()
+
+    def check(self, section: str) -> None:
+        if self.min_lr > self.max_lr:
+            raise bad_value(
+                f"{section}.min_lr", self.min_lr, f"must be <= {section}.max_lr = {self.max_lr}"
+            )
+        if self.max_steps is not None and self.warmup_steps >= self.max_steps:
+            raise bad_value(
+                f"{section}.warmup_steps",
+                self.warmup_steps,
+                f"must be shorter than the run ({section}.max_steps = {self.max_steps})",
+            )
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    max_tokens: int = positive()
+    batch_size: int = positive()
+    device: Device
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    prompts: list[str] = non_empty()
+    max_new_tokens: int = positive()
+    temperature: float = non_negative()
+    top_k: int | None = positive()
+    top_p: float = fraction(closed_high=True)
+    seed: int = non_negative()
+    device: Device
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "clean": CleanParams,
+    "tokenize": TokenizeParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "finetune": TrainParams,
+    "evaluate": EvaluateParams,
+    "sample": SampleParams,
+}
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, but `3e-4` is a float as in YAML 1.2 (and in DVC's own parser)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a missing or malformed file is a one-line error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScratchGPTError(f"{path}: file not found (run from the project root)") from None
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ScratchGPTError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+
+
+def _convert(kind: Any, value: object, key: str) -> Any:
+    if dataclasses.is_dataclass(kind):
+        return parse_section(kind, value, key)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise bad_value(key, value, f"must be one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad_value(key, value, "must be a list")
+        return [_convert(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad_value(key, value, "must be true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad_value(key, value, "must be a whole number")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad_value(key, value, "must be a number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise bad_value(key, value, "must be a string")
+        return value
+    raise TypeError(f"unsupported params type {kind!r} for {key}")
+
+
+def parse_section(cls: type, raw: object, section: str) -> Any:
+    """Build the dataclass `cls` from the mapping `raw` found at `section` in params.yaml."""
+    if not isinstance(raw, dict):
+        raise bad_value(section, raw, "must be a mapping of keys")
+    fields = dataclasses.fields(cls)
+    names = [f.name for f in fields]
+    for key in raw:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {section}.{close[0]}?" if close else f"; known: {', '.join(names)}"
+            raise ParamsError(f"{PARAMS_FILE}: {section}.{key}: unknown key{hint}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields:
+        key = f"{section}.{f.name}"
+        if f.name not in raw:
+            raise ParamsError(f"{PARAMS_FILE}: {key}: missing")
+        value = _convert(hints[f.name], raw[f.name], key)
+        test = f.metadata.get("test")
+        if test and value is not None and not test(value):
+            raise bad_value(key, raw[f.name], f.metadata["allowed"])
+        values[f.name] = value
+    parsed = cls(**values)
+    if hasattr(parsed, "check"):
+        parsed.check(section)
+    return parsed
+
+
+def declared_sections(stage: str, pipeline_file: str | Path = PIPELINE_FILE) -> list[str]:
+    """The params sections that `stage` lists in dvc.yaml."""
+    stages = (read_yaml(pipeline_file) or {}).get("stages", {})
+    if stage not in stages:
+        raise ScratchGPTError(f"{pipeline_file}: no stage named {stage!r}")
+    sections = stages[stage].get("params", [])
+    for name in sections:
+        if name not in SECTIONS:
+            raise ScratchGPTError(
+                f"{pipeline_file}: stage {stage!r} declares params {name!r}; "
+                f"declare whole sections: {', '.join(SECTIONS)}"
+            )
+    return sections
+
+
+def load_sections(names: list[str], params_file: str | Path = PARAMS_FILE) -> types.SimpleNamespace:
+    """Parse and validate the named sections of params.yaml."""
+    raw = read_yaml(params_file) or {}
+    if not isinstance(raw, dict):
+        raise ScratchGPTError(f"{params_file}: must be a mapping of sections")
+    for name in raw:
+        if name not in SECTIONS:
+            close = difflib.get_close_matches(str(name), list(SECTIONS), n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(SECTIONS)}"
+            raise ParamsError(f"{params_file}: {name}: unknown section{hint}")
+    missing = [name for name in names if name not in raw]
+    if missing:
+        raise ParamsError(f"{params_file}: {missing[0]}: missing section")
+    return types.SimpleNamespace(**{n: parse_section(SECTIONS[n], raw[n], n) for n in names})
+
+
+def load(stage: str) -> types.SimpleNamespace:
+    """The validated params sections that dvc.yaml declares for `stage`, and no others."""
+    return load_sections(declared_sections(stage))

@@ -1,0 +1,211 @@
+"""Where the raw text comes from: a Hugging Face dataset or a local copy, read into one schema.
+
+IMDb comes out as one table per split (train, test, unsupervised) with `text` and `label`
+(0 negative, 1 positive, -1 unlabelled); the lyrics as one table of songs with `text`. Rows are
+put in a canonical order, by a hash of their content, so the hub and a local copy of the same
+data give byte-identical files, and `max_docs` keeps the same documents whatever order the
+source listed them in.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from scratchgpt.errors import ScratchGPTError, reason
+from scratchgpt.params import SourceParams
+from scratchgpt.progress import progress
+from scratchgpt.text import stable_hash
+
+IMDB_SPLITS = ("train", "test", "unsupervised")
+OPTIONAL_IMDB_SPLITS = ("unsupervised",)  # a user's own copy may leave out the unlabelled reviews
+LYRICS_SPLIT = "train"  # the lyrics have one split; `clean` makes the validation part
+LYRICS_TEXT_COLUMNS = ("text", "lyrics")  # huggingartists uses `text`, Genius scrapes `lyrics`
+TABLE_SUFFIXES = (".parquet", ".csv")
+
+# aclImdb/<split>/<pos|neg|unsup>/<id>_<rating>.txt, as in the Stanford archive.
+_ACLIMDB_FILE = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/\d+_\d+\.txt$")
+_ACLIMDB_LABELS = {"neg": 0, "pos": 1, "unsup": -1}
+
+
+class SourceError(ScratchGPTError):
+    """A data source that is missing, unreachable or not in a known format."""
+
+
+def _fail(key: str, source: str, problem: str) -> SourceError:
+    return SourceError(f"params.yaml: {key}.source = {source!r}: {problem}")
+
+
+def _looks_like_path(source: str) -> bool:
+    """A Hugging Face id is `owner/name`; anything else that names a file is a path."""
+    return (
+        source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+        or source.endswith((".gz", ".tgz", ".txt", *TABLE_SUFFIXES))
+    )
+
+
+def _local_path(source: str) -> Path | None:
+    """The local path `source` names, None for a hub id; a path that does not exist is an error."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if _looks_like_path(source):
+        raise FileNotFoundError(source)
+    return None
+
+
+def _from_hub(source: str, revision: str | None, key: str) -> dict[str, pd.DataFrame]:
+    import datasets  # slow to import; only hub sources need it
+
+    try:
+        dataset = datasets.load_dataset(source, revision=revision)
+    except Exception as e:  # network, auth, missing repo: all mean "use a local copy"
+        raise _fail(
+            key,
+            source,
+            f"could not load it from the Hugging Face Hub ({reason(e)}); "
+            f"without network access, point {key}.source at a local copy",
+        ) from None
+    return {name: split.to_pandas() for name, split in dataset.items()}
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".csv":
+            return pd.read_csv(path, keep_default_na=False)
+        return pd.read_parquet(path)
+    except Exception as e:  # pandas and pyarrow raise many types for a damaged file
+        raise SourceError(f"{path}: cannot read it as {path.suffix[1:]} ({reason(e)})") from None
+
+
+def _tables_by_split(folder: Path) -> dict[str, pd.DataFrame]:
+    """Parquet or csv files named by split: `train.parquet`, `test-00000-of-00001.parquet`, ..."""
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in TABLE_SUFFIXES and path.is_file():
+            split = re.split(r"[-_.]", path.name, maxsplit=1)[0]
+            parts.setdefault(split, []).append(_read_table(path))
+    return {split: pd.concat(frames, ignore_index=True) for split, frames in parts.items()}
+
+
+def _aclimdb_rows(files: Iterator[tuple[str, bytes]]) -> dict[str, pd.DataFrame]:
+    rows: dict[str, list[tuple[str, int]]] = {split: [] for split in IMDB_SPLITS}
+    for name, content in files:
+        match = _ACLIMDB_FILE.search(name)
+        if match:
+            split, kind = match.groups()
+            split = "unsupervised" if kind == "unsup" else split
+            rows[split].append((content.decode("utf-8"), _ACLIMDB_LABELS[kind]))
+    return {
+        split: pd.DataFrame(r, columns=["text", "label"]) for split, r in rows.items() if r
+    }
+
+
+def _aclimdb_folder(folder: Path) -> Iterator[tuple[str, bytes]]:
+    files = sorted(folder.glob("*/*/*.txt"))
+    for path in progress(files, desc="read aclImdb", unit="file"):
+        yield path.relative_to(folder).as_posix(), path.read_bytes()
+
+
+def _aclimdb_tarball(path: Path) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(path, "r:*") as archive:
+        for member in progress(archive, desc="read aclImdb tarball", unit="file"):
+            if member.isfile() and _ACLIMDB_FILE.search(member.name):
+                yield member.name, archive.extractfile(member).read()
+
+
+def _local_imdb(path: Path, key: str, source: str) -> dict[str, pd.DataFrame]:
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        try:
+            return _aclimdb_rows(_aclimdb_tarball(path))
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise _fail(key, source, f"not a readable tar archive ({reason(e)})") from None
+    if path.is_dir():
+        for root in (path, path / "aclImdb"):
+            if (root / "train" / "pos").is_dir():
+                return _aclimdb_rows(_aclimdb_folder(root))
+        return _tables_by_split(path)
+    raise _fail(key, source, "unknown format: expected a folder of parquet or csv files, "
+                "an aclImdb folder, or aclImdb_v1.tar.gz")
+
+
+def _local_lyrics(path: Path, key: str, source: str) -> dict[str, pd.DataFrame]:
+    if path.suffix == ".txt":
+        songs = [s.strip() for s in path.read_text(encoding="utf-8").split("\n\n\n")]
+        return {LYRICS_SPLIT: pd.DataFrame({"text": [s for s in songs if s]})}
+    if path.suffix in TABLE_SUFFIXES:
+        return {LYRICS_SPLIT: _read_table(path)}
+    if path.is_dir():
+        return _tables_by_split(path)
+    raise _fail(key, source, "unknown format: expected a .txt (songs separated by two blank "
+                "lines), .csv or .parquet file")
+
+
+def _canonical(frame: pd.DataFrame, with_label: bool, max_docs: int | None) -> pa.Table:
+    """Rows sorted by content hash (then label), capped to `max_docs`, in the one schema."""
+    texts = frame["text"].astype(str).tolist()
+    labels = frame["label"].astype("int64").tolist() if with_label else [0] * len(texts)
+    order = sorted(range(len(texts)), key=lambda i: (stable_hash(texts[i]), labels[i], texts[i]))
+    order = order[:max_docs]
+    columns = {"text": pa.array([texts[i] for i in order], pa.string())}
+    if with_label:
+        columns["label"] = pa.array([labels[i] for i in order], pa.int64())
+    return pa.table(columns)
+
+
+def _load(params: SourceParams, key: str, read_local) -> dict[str, pd.DataFrame]:
+    try:
+        path = _local_path(params.source)
+    except FileNotFoundError:
+        raise _fail(key, params.source, "no such file or folder") from None
+    if path is None:
+        return _from_hub(params.source, params.revision, key)
+    return read_local(path, key, params.source)
+
+
+def _require_text(frame: pd.DataFrame, split: str, key: str, source: str) -> None:
+    if "text" not in frame.columns:
+        raise _fail(key, source, f"split {split!r} has no text column "
+                    f"(columns: {', '.join(map(str, frame.columns)) or 'none'})")
+    if frame.empty:
+        raise _fail(key, source, f"split {split!r} has no documents")
+
+
+def load_imdb(params: SourceParams) -> dict[str, pa.Table]:
+    """IMDb's train, test and unsupervised splits, each with `text` and `label`."""
+    key = "data.imdb"
+    splits = _load(params, key, _local_imdb)
+    tables = {}
+    for split in IMDB_SPLITS:
+        frame = splits.get(split)
+        if frame is None and split in OPTIONAL_IMDB_SPLITS:
+            frame = pd.DataFrame({"text": [], "label": []})
+        elif frame is None:
+            found = ", ".join(sorted(splits)) or "none"
+            raise _fail(key, params.source, f"no {split!r} split (found: {found})")
+        else:
+            _require_text(frame, split, key, params.source)
+            if "label" not in frame.columns:
+                raise _fail(key, params.source, f"split {split!r} has no label column")
+        tables[split] = _canonical(frame, True, params.max_docs)
+    return tables
+
+
+def load_lyrics(params: SourceParams) -> pa.Table:
+    """The lyrics corpus: one song per row, in a `text` column."""
+    key = "data.lyrics"
+    splits = _load(params, key, _local_lyrics)
+    if LYRICS_SPLIT not in splits:
+        found = ", ".join(sorted(splits)) or "none"
+        raise _fail(key, params.source, f"no {LYRICS_SPLIT!r} split (found: {found})")
+    frame = splits[LYRICS_SPLIT]
+    column = next((c for c in LYRICS_TEXT_COLUMNS if c in frame.columns), None)
+    frame = frame.rename(columns={column: "text"}) if column else frame
+    _require_text(frame, LYRICS_SPLIT, key, params.source)
+    return _canonical(frame, False, params.max_docs)

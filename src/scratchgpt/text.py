@@ -1,0 +1,75 @@
+"""Text rules: the seed's ASCII-only cleaning, and a validation split that never moves.
+
+The split is decided by a hash of each document's own cleaned text, not by its position or a
+random draw, so a document stays on the same side when the corpus grows, is re-ordered, or is
+capped with `max_docs`; identical documents always land on the same side (no leakage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scratchgpt.errors import ScratchGPTError, reason
+from scratchgpt.outputs import write_parquet
+
+_NON_ASCII = re.compile(r"[^\x00-\x7F]+")  # the seed's keep_english_only rule
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)  # IMDb marks line breaks as <br />
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # invisible bytes, never useful text
+_SPACES = re.compile(r"[ \t\f\v]+")
+_SPACE_AT_LINE_END = re.compile(r" *\n *")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def clean_text(text: str) -> str:
+    """ASCII only, `<br />` as a newline, runs of spaces as one, at most one blank line, stripped."""
+    text = _NON_ASCII.sub("", text)
+    text = _HTML_BREAK.sub("\n", text)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = _SPACES.sub(" ", text)
+    text = _SPACE_AT_LINE_END.sub("\n", text)
+    text = _BLANK_LINES.sub("\n\n", text)
+    return text.strip()
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of `text` that is the same on every machine and Python run."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def is_validation(text: str, val_fraction: float) -> bool:
+    """Whether `text` belongs to the validation split: its hash falls in the lowest fraction."""
+    return stable_hash(text) < val_fraction * 2**64
+
+
+def clean_documents(texts: Iterable[str]) -> list[str]:
+    """Every text cleaned; those left empty are dropped."""
+    return [cleaned for cleaned in map(clean_text, texts) if cleaned]
+
+
+def split_validation(texts: list[str], val_fraction: float) -> dict[str, list[str]]:
+    """`{"train": [...], "val": [...]}`, each document placed by `is_validation`."""
+    splits: dict[str, list[str]] = {"train": [], "val": []}
+    for text in texts:
+        splits["val" if is_validation(text, val_fraction) else "train"].append(text)
+    return splits
+
+
+def read_documents(path: str | Path) -> list[str]:
+    """The `text` column of a parquet file written by an earlier stage."""
+    try:
+        return pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    except FileNotFoundError:
+        raise ScratchGPTError(f"{path}: not found (run the earlier stages first)") from None
+    except (pa.ArrowException, KeyError) as e:
+        raise ScratchGPTError(f"{path}: cannot read a text column ({reason(e)})") from None
+
+
+def write_documents(texts: list[str], path: str | Path) -> None:
+    write_parquet(pa.table({"text": pa.array(texts, pa.string())}), path)

@@ -1,0 +1,179 @@
+"""Token shards: documents to tiktoken ids on disk, and back as memory-mapped windows.
+
+A corpus folder holds, per split, a few large `.npy` shards (uint16 while the vocabulary fits,
+else uint32) and one `meta.json` with the encoding, dtype and token and document counts. Every
+document is followed by the end-of-text token, so the model sees where one review ends and the
+next begins. Readers memory-map the shards: memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+
+from scratchgpt.errors import ScratchGPTError, reason
+from scratchgpt.outputs import atomic_file, write_json
+from scratchgpt.progress import progress
+
+META_FILE = "meta.json"
+ENCODE_BATCH_DOCS = 2048  # documents per encode call: big enough to keep every core busy
+
+
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """The tiktoken encoding `name`, with a one-line error if it is unknown or cannot load."""
+    try:
+        return tiktoken.get_encoding(name)
+    except ValueError:
+        raise ScratchGPTError(
+            f"tiktoken encoding {name!r} is unknown (known: {', '.join(tiktoken.list_encoding_names())})"
+        ) from None
+    except Exception as e:  # its first use downloads the BPE files
+        raise ScratchGPTError(
+            f"tiktoken encoding {name!r} could not be loaded ({reason(e)}); without "
+            "network access set TIKTOKEN_CACHE_DIR to a folder holding its files"
+        ) from None
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every id: uint16 for GPT-2's 50,257."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def encode_documents(
+    encoding: tiktoken.Encoding, texts: list[str], dtype: np.dtype
+) -> Iterator[np.ndarray]:
+    """Yield the ids of `texts`, batch by batch, each document followed by end-of-text."""
+    eot = encoding.eot_token
+    threads = os.cpu_count() or 1
+    for start in range(0, len(texts), ENCODE_BATCH_DOCS):
+        docs = encoding.encode_ordinary_batch(
+            texts[start : start + ENCODE_BATCH_DOCS], num_threads=threads
+        )
+        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) + 1
+        ids = np.empty(int(lengths.sum()), dtype=dtype)
+        ends = np.cumsum(lengths)
+        ids[ends - 1] = eot
+        for doc, end, length in zip(docs, ends.tolist(), lengths.tolist()):
+            ids[end - length : end - 1] = doc
+        yield ids
+
+
+def write_shards(
+    chunks: Iterable[np.ndarray], folder: Path, split: str, shard_tokens: int
+) -> tuple[list[str], int]:
+    """Concatenate `chunks` into files of `shard_tokens` ids (the last may be shorter).
+
+    Returns the shard file names and the number of tokens written.
+    """
+    names: list[str] = []
+    pending: list[np.ndarray] = []
+    pending_tokens = total = 0
+
+    def flush(count: int) -> None:
+        nonlocal pending, pending_tokens
+        joined = np.concatenate(pending)
+        name = f"{split}-{len(names):03d}.npy"
+        with atomic_file(folder / name) as tmp, open(tmp, "wb") as f:
+            np.save(f, joined[:count])
+        names.append(name)
+        pending = [joined[count:]]
+        pending_tokens = len(pending[0])
+
+    for chunk in chunks:
+        pending.append(chunk)
+        pending_tokens += len(chunk)
+        total += len(chunk)
+        while pending_tokens >= shard_tokens:
+            flush(shard_tokens)
+    if pending_tokens:
+        flush(pending_tokens)
+    return names, total
+
+
+def tokenize_split(
+    encoding: tiktoken.Encoding, texts: list[str], folder: Path, split: str, shard_tokens: int
+) -> dict[str, object]:
+    """Write one split's shards into `folder`; return its entry for meta.json."""
+    batches = progress(
+        encode_documents(encoding, texts, token_dtype(encoding.n_vocab)),
+        desc=f"tokenize {folder.name}/{split}",
+        total=math.ceil(len(texts) / ENCODE_BATCH_DOCS),
+        unit="batch",
+    )
+    shards, tokens = write_shards(batches, folder, split, shard_tokens)
+    return {"documents": len(texts), "tokens": tokens, "shards": shards}
+
+
+def write_meta(folder: Path, encoding: tiktoken.Encoding, splits: dict[str, object]) -> None:
+    write_json(
+        folder / META_FILE,
+        {
+            "encoding": encoding.name,
+            "vocab_size": encoding.n_vocab,
+            "eot_token": encoding.eot_token,
+            "dtype": token_dtype(encoding.n_vocab).name,
+            "splits": splits,
+        },
+    )
+
+
+def read_meta(folder: str | Path) -> dict:
+    """A corpus folder's meta.json; a missing or unreadable one is a one-line error."""
+    path = Path(folder) / META_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScratchGPTError(f"{path}: not found (run the tokenize stage first)") from None
+    except json.JSONDecodeError as e:
+        raise ScratchGPTError(f"{path}: not valid JSON ({reason(e)})") from None
+
+
+class TokenShards:
+    """One split's tokens as a single sequence, read lazily from memory-mapped shards."""
+
+    def __init__(self, folder: str | Path, split: str):
+        folder = Path(folder)
+        self.meta = read_meta(folder)
+        if split not in self.meta["splits"]:
+            raise ScratchGPTError(f"{folder / META_FILE}: no split {split!r}")
+        info = self.meta["splits"][split]
+        self.encoding = self.meta["encoding"]
+        self.shards = [self._open(folder / name) for name in info["shards"]]
+        self.ends = np.cumsum([len(s) for s in self.shards])
+        if not self.shards or self.ends[-1] != info["tokens"]:
+            found = int(self.ends[-1]) if self.shards else 0
+            raise ScratchGPTError(
+                f"{folder}: split {split!r} has {found} tokens in its shards, meta.json says "
+                f"{info['tokens']} (re-run the tokenize stage)"
+            )
+
+    def _open(self, path: Path) -> np.ndarray:
+        try:
+            shard = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise ScratchGPTError(f"{path}: shard missing (re-run the tokenize stage)") from None
+        except ValueError as e:
+            raise ScratchGPTError(f"{path}: truncated or damaged shard ({reason(e)})") from None
+        if shard.dtype.name != self.meta["dtype"] or shard.ndim != 1:
+            raise ScratchGPTError(f"{path}: expected a flat {self.meta['dtype']} array")
+        return shard
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) as int64, across shard boundaries if need be."""
+        pieces = []
+        while length > 0:
+            index = int(np.searchsorted(self.ends, start, side="right"))
+            offset = start - (int(self.ends[index - 1]) if index else 0)
+            piece = self.shards[index][offset : offset + length]
+            pieces.append(piece)
+            start, length = start + len(piece), length - len(piece)
+        return np.concatenate(pieces).astype(np.int64)

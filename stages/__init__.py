@@ -1,0 +1,1 @@
+"""One small script per DVC stage; each is run as `python -m stages.<name>` (see dvc.yaml)."""

@@ -1,0 +1,94 @@
+"""Shared fixtures: the real data in ../shared/data, offline settings, and tiny pipelines.
+
+Tests never reach the network: tiktoken reads its BPE files from the shared cache and the
+Hugging Face hub is switched to offline mode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SCRATCHGPT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(SHARED_DATA / "tiktoken_cache"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# dvc runs each stage's `python` from PATH: make it this interpreter, even without an activated venv.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+for variable in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+    os.environ.setdefault(variable, "scratchgpt tests")
+for variable in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+    os.environ.setdefault(variable, "tests@scratchgpt.invalid")
+DVC = [sys.executable, "-m", "dvc"]
+
+# A pipeline small enough to run end to end in seconds, on a slice of the real data.
+TINY_OVERRIDES = {
+    "data": {
+        "imdb": {"source": str(SHARED_DATA / "imdb"), "max_docs": 40},
+        "lyrics": {"source": str(SHARED_DATA / "lyrics" / "coldplay.txt"), "max_docs": 30},
+    },
+    "clean": {"val_fraction": 0.25},
+    "tokenize": {"shard_tokens": 4096},
+    "model": {"num_heads": 2, "embed_dim": 32, "attention_dim": 32, "num_blocks": 2,
+              "context_length": 32, "dropout_rate": 0.1, "vocab_multiple": 64},
+    "train": {"batch_size": 4, "warmup_steps": 2, "eval_freq": 3, "eval_batches": 2, "max_steps": 6,
+              "num_threads": 1},
+    "finetune": {"batch_size": 2, "warmup_steps": 1, "eval_freq": 2, "eval_batches": 2, "max_steps": 4,
+                 "num_threads": 1},
+    "evaluate": {"max_tokens": 512, "batch_size": 4},
+    "sample": {"max_new_tokens": 6},
+}
+
+
+def requires_shared_data() -> None:
+    if not (SHARED_DATA / "imdb" / "train.parquet").exists():
+        pytest.skip(f"the shared data folder {SHARED_DATA} is not here")
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied key by key, nested mappings merged."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def tiny_params(**overrides: dict) -> dict:
+    """The project's params.yaml shrunk to TINY_OVERRIDES, then `overrides` on top."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return merge(merge(params, TINY_OVERRIDES), overrides)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if check and result.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh git + DVC repository holding a copy of the project with tiny params."""
+    requires_shared_data()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "stages", "src", ".gitignore"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(source, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(["git", "init", "-q"], repo)
+    run([*DVC, "init", "-q"], repo)
+    run([*DVC, "config", "core.analytics", "false"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny project"], repo)
+    return repo

@@ -1,0 +1,85 @@
+"""Every bad value in params.yaml is refused before work starts, in one line naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import ROOT, merge
+from scratchgpt import params
+from scratchgpt.params import ParamsError, load_sections
+
+ALL = list(params.SECTIONS)
+
+
+def write(tmp_path, overrides: dict) -> str:
+    raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_project_params_are_valid():
+    loaded = load_sections(ALL, ROOT / "params.yaml")
+    assert loaded.train.max_lr == 3.0e-4 and loaded.model.num_heads == 8
+    assert loaded.sample.prompts[0] == "I want something"
+
+
+def test_yaml_1_2_floats_are_numbers(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text().replace("max_lr: 3.0e-4", "max_lr: 1e-4"))
+    assert load_sections(["train"], path).train.max_lr == 1e-4
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"train": {"max_lr": -1.0}}, r"train.max_lr = -1.0: must be > 0"),
+        ({"train": {"learning_rate": 0}}, r"train.learning_rate = 0: must be > 0"),
+        ({"train": {"max_lr": "fast"}}, r"train.max_lr = 'fast': must be a number"),
+        ({"train": {"batch_size": 0}}, r"train.batch_size = 0: must be > 0"),
+        ({"train": {"batch_size": 2.5}}, r"train.batch_size = 2.5: must be a whole number"),
+        ({"train": {"num_epochs": -3}}, r"train.num_epochs = -3: must be > 0"),
+        ({"train": {"min_lr": 1.0e-3}}, r"train.min_lr = 0.001: must be <= train.max_lr"),
+        ({"train": {"warmup_steps": 500, "max_steps": 100}}, r"train.warmup_steps = 500: must be shorter"),
+        ({"train": {"max_lrr": 1.0}}, r"train.max_lrr: unknown key; did you mean train.max_lr\?"),
+        ({"train": {"device": "tpu"}}, r"train.device = 'tpu': must be one of auto, cpu, cuda, mps"),
+        ({"train": {"compile": "yes"}}, r"train.compile = 'yes': must be true or false"),
+        ({"finetune": {"weight_decay": -0.1}}, r"finetune.weight_decay = -0.1: must be >= 0"),
+        ({"model": {"num_heads": 3}}, r"model.num_heads = 3: must divide model.attention_dim = 256"),
+        ({"model": {"dropout_rate": 1.0}}, r"model.dropout_rate = 1.0: must be in \[0, 1\)"),
+        ({"model": {"context_length": 0}}, r"model.context_length = 0: must be > 0"),
+        ({"clean": {"val_fraction": 0.0}}, r"clean.val_fraction = 0.0: must be in \(0, 1\)"),
+        ({"data": {"imdb": {"source": ""}}}, r"data.imdb.source = '': must not be empty"),
+        ({"data": {"lyrics": {"max_docs": 0}}}, r"data.lyrics.max_docs = 0: must be > 0"),
+        ({"tokenize": {"shard_tokens": -1}}, r"tokenize.shard_tokens = -1: must be > 0"),
+        ({"sample": {"top_p": 1.5}}, r"sample.top_p = 1.5: must be in \(0, 1\]"),
+        ({"sample": {"top_p": 0.0}}, r"sample.top_p = 0.0: must be in \(0, 1\]"),
+        ({"sample": {"prompts": []}}, r"sample.prompts = \[\]: must not be empty"),
+        ({"sample": {"prompts": ["ok", 7]}}, r"sample.prompts\[1\] = 7: must be a string"),
+        ({"sample": {"temperature": -0.5}}, r"sample.temperature = -0.5: must be >= 0"),
+        ({"evaluate": {"max_tokens": 0}}, r"evaluate.max_tokens = 0: must be > 0"),
+        ({"trian": {"max_lr": 1.0}}, r"trian: unknown section; did you mean train\?"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line(tmp_path, overrides, message):
+    with pytest.raises(ParamsError, match=message) as error:
+        load_sections(ALL, write(tmp_path, overrides))
+    assert "\n" not in str(error.value)
+
+
+def test_missing_key_is_refused(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del raw["train"]["patience"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ParamsError, match="train.patience: missing"):
+        load_sections(["train"], path)
+
+
+def test_a_stage_gets_only_the_sections_it_declares(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    loaded = params.load("tokenize")
+    assert loaded.tokenize.encoding == "gpt2"
+    with pytest.raises(AttributeError):
+        loaded.train  # noqa: B018 - an undeclared section is not there to read

@@ -1,0 +1,35 @@
+from scratchgpt.text import clean_documents, clean_text, is_validation, split_validation, stable_hash
+
+
+def test_keeps_ascii_only():
+    assert clean_text("Café au lait — très bien") == "Caf au lait trs bien"
+
+
+def test_html_breaks_become_newlines():
+    assert clean_text("Great film.<br /><br />Loved it.<BR>The end") == "Great film.\n\nLoved it.\nThe end"
+
+
+def test_whitespace_is_normalised():
+    text = "  a \t b\r\nc  \n\n\n\n d \x00e\x0c f  "
+    assert clean_text(text) == "a b\nc\n\nd e f"
+
+
+def test_empty_documents_are_dropped():
+    assert clean_documents(["ok", "   ", "日本語", "<br />", "fine"]) == ["ok", "fine"]
+
+
+def test_validation_split_depends_on_text_only():
+    texts = [f"review number {i}" for i in range(2000)]
+    forward = split_validation(texts, 0.1)
+    backward = split_validation(texts[::-1], 0.1)
+    assert sorted(forward["val"]) == sorted(backward["val"])
+    assert 150 < len(forward["val"]) < 250  # about a tenth
+    assert set(forward["val"]).isdisjoint(forward["train"])
+
+
+def test_validation_split_is_stable_across_runs_and_machines():
+    # Pinned values: a different hash would silently move documents between the splits.
+    assert stable_hash("hello") == 12085107955937391741
+    assert [is_validation(f"doc {i}", 0.5) for i in range(8)] == [
+        False, True, False, False, True, False, False, True,
+    ]
