@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import tiktoken
+import torch
 
 from scratchgpt.errors import ScratchGPTError, reason
 from scratchgpt.outputs import atomic_file, write_json
@@ -177,3 +178,33 @@ class TokenShards:
             pieces.append(piece)
             start, length = start + len(piece), length - len(piece)
         return np.concatenate(pieces).astype(np.int64)
+
+
+class Windows:
+    """A split cut into non-overlapping examples: `length` input tokens and the next token of each.
+
+    Window i covers tokens [i * length, (i + 1) * length]; its inputs are all but the last token
+    and its targets all but the first. A split shorter than one context gives one shorter window.
+    """
+
+    def __init__(self, tokens: TokenShards, context_length: int):
+        self.tokens = tokens
+        self.length = min(context_length, len(tokens) - 1)
+        if self.length < 1:
+            raise ScratchGPTError(f"a split of {len(tokens)} token(s) holds no training example")
+        self.count = (len(tokens) - 1) // self.length
+
+    def batch(self, indices: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets, each (len(indices), length), for the windows `indices`."""
+        rows = np.stack([self.tokens.read(int(i) * self.length, self.length + 1) for i in indices])
+        ids = torch.from_numpy(rows)
+        return ids[:, :-1], ids[:, 1:]
+
+    def shuffled(self, seed: int, epoch: int) -> torch.Tensor:
+        """Every window index once, in an order fixed by `seed` and `epoch`."""
+        return torch.randperm(self.count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+    def evenly_spaced(self, count: int) -> list[int]:
+        """`count` window indices spread over the whole split (all of them if it has fewer)."""
+        count = min(count, self.count)
+        return [i * self.count // count for i in range(count)]

@@ -1,0 +1,59 @@
+"""Where the maths runs and in which precision: the `device`, `precision` and thread params."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from scratchgpt.errors import ScratchGPTError
+
+
+def pick_device(requested: str, key: str) -> torch.device:
+    """`auto` means cuda, then mps, then cpu; asking for an absent device is an error."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested == "auto":
+        return torch.device(next(name for name, present in available.items() if present))
+    if not available[requested]:
+        raise ScratchGPTError(f"params.yaml: {key} = {requested!r}: no such device on this machine")
+    return torch.device(requested)
+
+
+def supports_bf16(device: torch.device) -> bool:
+    """bf16 pays off on GPUs that have it and on CPUs with AMX or AVX-512 bf16 units."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and _cpu_has_bf16()
+    return False
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device, key: str) -> bool:
+    """Whether to run under bf16 autocast: `auto` picks it where the hardware supports it."""
+    if precision == "bf16" and not supports_bf16(device):
+        raise ScratchGPTError(f"params.yaml: {key} = 'bf16': {device.type} here has no bf16 support")
+    return precision == "bf16" or (precision == "auto" and supports_bf16(device))
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """Matrix products in bf16, reductions such as the loss in fp32; a no-op when `bf16` is off."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def set_threads(num_threads: int | None) -> None:
+    """A fixed CPU thread count (all cores by default): the same count gives the same bytes."""
+    torch.set_num_threads(num_threads or os.cpu_count() or 1)

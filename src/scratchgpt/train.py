@@ -1,0 +1,191 @@
+"""The training loop that serves both pretraining and fine-tuning.
+
+AdamW (weight decay on matrices only), a learning rate that moves linearly from
+`learning_rate` to `max_lr` over `warmup_steps` and then follows a cosine down to `min_lr` at
+the last step, gradient clipping, a validation loss every `eval_freq` steps on the same fixed
+windows, early stopping after `patience` evaluations without a new best, and the best weights
+kept. An epoch is one pass over every training window in a seeded shuffled order.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from dvclive import Live
+
+from scratchgpt.devices import autocast, pick_device, set_threads, use_bf16
+from scratchgpt.errors import ScratchGPTError
+from scratchgpt.model import GPT
+from scratchgpt.outputs import atomic_dir
+from scratchgpt.params import TrainParams, bad_value
+from scratchgpt.progress import progress
+from scratchgpt.tokens import Windows
+
+
+def learning_rate_at(step: int, total_steps: int, settings: TrainParams) -> float:
+    """The learning rate of optimizer step `step` (0-based) in a run of `total_steps`."""
+    if step < settings.warmup_steps:
+        return settings.learning_rate + (settings.max_lr - settings.learning_rate) * step / settings.warmup_steps
+    decay_steps = max(1, total_steps - 1 - settings.warmup_steps)
+    done = min(1.0, (step - settings.warmup_steps) / decay_steps)
+    return settings.min_lr + 0.5 * (settings.max_lr - settings.min_lr) * (1 + math.cos(math.pi * done))
+
+
+def make_optimizer(model: torch.nn.Module, settings: TrainParams) -> torch.optim.AdamW:
+    """AdamW that decays weight matrices and embeddings, never biases or LayerNorm gains."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, foreach=True)
+
+
+def next_token_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting each target from the inputs up to it."""
+    logits = model(inputs)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+@torch.no_grad()
+def validation_loss(
+    model: torch.nn.Module, windows: Windows, indices: list[int], batch_size: int, device: torch.device, bf16: bool
+) -> float:
+    """Mean next-token loss over the windows `indices`, with dropout off."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(indices), batch_size):
+        inputs, targets = windows.batch(indices[start : start + batch_size])
+        with autocast(device, bf16):
+            loss = next_token_loss(model, inputs.to(device), targets.to(device))
+        total += loss.item() * len(inputs)
+    model.train()
+    return total / len(indices)
+
+
+@dataclass
+class TrainResult:
+    """What a run did: per-step history, and where its best validation loss was."""
+
+    history: list[dict[str, float | int]] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    steps: int = 0
+    tokens_seen: int = 0
+    stopped_early: bool = False
+
+
+def plan_steps(windows: Windows, settings: TrainParams, section: str) -> tuple[int, int]:
+    """Steps per epoch and in the whole run; refuse a run that cannot warm up or take a step."""
+    steps_per_epoch = windows.count // settings.batch_size
+    if steps_per_epoch == 0:
+        raise bad_value(
+            f"{section}.batch_size",
+            settings.batch_size,
+            f"larger than the {windows.count} training windows of {windows.length + 1} tokens",
+        )
+    total = settings.num_epochs * steps_per_epoch
+    length = f"{settings.num_epochs} epoch(s) of {steps_per_epoch} steps"
+    if settings.max_steps is not None and settings.max_steps < total:
+        total, length = settings.max_steps, f"{section}.max_steps"
+    if settings.warmup_steps >= total:
+        raise bad_value(
+            f"{section}.warmup_steps", settings.warmup_steps, f"must be shorter than the run ({total} steps: {length})"
+        )
+    return steps_per_epoch, total
+
+
+def train(model: GPT, train_windows: Windows, val_windows: Windows, settings: TrainParams, section: str) -> TrainResult:
+    """Train `model` in place; on return it holds the weights of the best validation step."""
+    set_threads(settings.num_threads)
+    device = pick_device(settings.device, f"{section}.device")
+    bf16 = use_bf16(settings.precision, device, f"{section}.precision")
+    steps_per_epoch, total_steps = plan_steps(train_windows, settings, section)
+    torch.manual_seed(settings.seed)  # dropout
+    model.to(device).train()
+    optimizer = make_optimizer(model, settings)
+    forward = torch.compile(model) if settings.compile else model
+    val_indices = val_windows.evenly_spaced(settings.eval_batches * settings.batch_size)
+    tokens_per_step = settings.batch_size * train_windows.length
+
+    result = TrainResult()
+    best_weights = copy.deepcopy(model.state_dict())
+    evaluations_since_best = 0
+    order = train_windows.shuffled(settings.seed, epoch=0)
+    bar = progress(total=total_steps, desc=section, unit="step")
+    started = time.perf_counter()
+    for step in range(total_steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        if position == 0 and epoch:
+            order = train_windows.shuffled(settings.seed, epoch)
+        inputs, targets = train_windows.batch(order[position * settings.batch_size : (position + 1) * settings.batch_size])
+        lr = learning_rate_at(step, total_steps, settings)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(device, bf16):
+            loss = next_token_loss(forward, inputs.to(device), targets.to(device))
+        if not torch.isfinite(loss):
+            raise ScratchGPTError(
+                f"{section}: the loss became {loss.item()} at step {step + 1}; "
+                f"lower {section}.max_lr or {section}.learning_rate"
+            )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        result.steps = step + 1
+        result.tokens_seen += tokens_per_step
+        row: dict[str, float | int] = {
+            "step": result.steps, "train_loss": loss.item(), "learning_rate": lr, "tokens_seen": result.tokens_seen,
+        }
+        if result.steps % settings.eval_freq == 0 or result.steps == total_steps:
+            row["val_loss"] = validation_loss(forward, val_windows, val_indices, settings.batch_size, device, bf16)
+            if row["val_loss"] < result.best_val_loss:
+                result.best_val_loss, result.best_step = row["val_loss"], result.steps
+                best_weights = copy.deepcopy(model.state_dict())
+                evaluations_since_best = 0
+            else:
+                evaluations_since_best += 1
+        result.history.append(row)
+        bar.update()
+        bar.set_postfix(
+            loss=f"{row['train_loss']:.3f}",
+            val=f"{result.best_val_loss:.3f}",
+            tok_s=f"{result.tokens_seen / (time.perf_counter() - started):,.0f}",
+        )
+        if evaluations_since_best >= settings.patience:
+            result.stopped_early = True
+            break
+    bar.close()
+    model.load_state_dict(best_weights)
+    return result
+
+
+def write_metrics(result: TrainResult, folder: str | Path) -> None:
+    """The run's curves and summary in DVCLive's layout, written whole at the end.
+
+    Logging after the run (rather than step by step) keeps an interrupted run from leaving
+    half a curve behind, and the files hold no timestamps: the same run gives the same bytes.
+    """
+    with atomic_dir(folder) as tmp:
+        with Live(str(tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+            for row in result.history:
+                live.step = row["step"]
+                for name in ("train_loss", "val_loss", "learning_rate", "tokens_seen"):
+                    if name in row:
+                        live.log_metric(name, row[name])
+            live.summary = {
+                "best_val_loss": result.best_val_loss,
+                "best_step": result.best_step,
+                "final_train_loss": result.history[-1]["train_loss"],
+                "steps": result.steps,
+                "tokens_seen": result.tokens_seen,
+                "stopped_early": result.stopped_early,
+            }

@@ -1,0 +1,34 @@
+"""finetune: continue from the pretrained weights on the lyrics (params `finetune`)."""
+
+from pathlib import Path
+
+from scratchgpt import params, stage
+from scratchgpt.checkpoint import load_model, save_model
+from scratchgpt.errors import ScratchGPTError
+from scratchgpt.tokens import TokenShards, Windows
+from scratchgpt.train import train, write_metrics
+
+
+def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> None:
+    settings = params.load("finetune").finetune
+    model, tokenizer = load_model(pretrained)
+    train_split = TokenShards(tokens / "lyrics", "train")
+    if train_split.encoding != tokenizer.encoding:
+        raise ScratchGPTError(
+            f"{tokens / 'lyrics'}: tokens are {train_split.encoding!r} but {pretrained} reads {tokenizer.encoding!r}"
+        )
+    context = model.config.context_length
+    result = train(
+        model.train(),
+        Windows(train_split, context),
+        Windows(TokenShards(tokens / "lyrics", "val"), context),
+        settings,
+        "finetune",
+    )
+    print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
+    save_model(model, tokenizer, model_out)
+    write_metrics(result, metrics_out)
+
+
+if __name__ == "__main__":
+    stage.run(main)

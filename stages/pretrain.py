@@ -1,0 +1,37 @@
+"""pretrain: train the seed's GPT from scratch on IMDb tokens (params `model` and `train`)."""
+
+from pathlib import Path
+
+from scratchgpt import params, stage
+from scratchgpt.checkpoint import Tokenizer, save_model
+from scratchgpt.model import GPT
+from scratchgpt.tokens import TokenShards, Windows
+from scratchgpt.train import train, write_metrics
+
+
+def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
+    settings = params.load("pretrain")
+    shape = settings.model
+    train_split = TokenShards(tokens / "imdb", "train")
+    val_split = TokenShards(tokens / "imdb", "val")
+    vocab_size = train_split.meta["vocab_size"]
+    padded_vocab = -(-vocab_size // shape.vocab_multiple) * shape.vocab_multiple  # round up
+    model = GPT(
+        num_heads=shape.num_heads,
+        vocab_size=padded_vocab,
+        embed_dim=shape.embed_dim,
+        attention_dim=shape.attention_dim,
+        num_blocks=shape.num_blocks,
+        context_length=shape.context_length,
+        dropout_rate=shape.dropout_rate,
+    )
+    train_windows = Windows(train_split, shape.context_length)
+    val_windows = Windows(val_split, shape.context_length)
+    result = train(model, train_windows, val_windows, settings.train, "train")
+    print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
+    save_model(model, Tokenizer(train_split.encoding, vocab_size), model_out)
+    write_metrics(result, metrics_out)
+
+
+if __name__ == "__main__":
+    stage.run(main)

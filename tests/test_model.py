@@ -1,0 +1,62 @@
+"""The seed's GPT: its constructor, causal masking, its starting loss, and learning."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from scratchgpt.model import GPT
+
+TINY = dict(num_heads=2, vocab_size=97, embed_dim=32, attention_dim=32, num_blocks=2, context_length=16, dropout_rate=0.0)
+
+
+def test_seed_constructor_returns_logits():
+    model = GPT(num_heads=8, vocab_size=5000, embed_dim=256, attention_dim=256, num_blocks=8,
+                context_length=256, dropout_rate=0.1)
+    logits = model(torch.randint(0, 5000, (2, 10)))
+    assert logits.shape == (2, 10, 5000)
+
+
+def test_changing_a_future_token_never_changes_earlier_logits():
+    torch.manual_seed(0)
+    model = GPT(**TINY).eval()
+    tokens = torch.randint(0, 97, (1, 16))
+    changed = tokens.clone()
+    changed[0, 9] = (tokens[0, 9] + 1) % 97
+    before, after = model(tokens), model(changed)
+    assert torch.equal(before[:, :9], after[:, :9])
+    assert not torch.allclose(before[:, 9:], after[:, 9:])
+
+
+def test_loss_at_initialisation_is_near_uniform():
+    torch.manual_seed(0)
+    model = GPT(**{**TINY, "vocab_size": 5000}).eval()
+    tokens = torch.randint(0, 5000, (4, 16))
+    loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+    assert abs(loss.item() - math.log(5000)) < 0.1
+
+
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(**TINY)
+    tokens = torch.randint(0, 97, (4, 17))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.1
+
+
+def test_kv_cache_gives_the_same_logits_as_the_full_pass():
+    torch.manual_seed(0)
+    model = GPT(**TINY).eval()
+    tokens = torch.randint(0, 97, (2, 16))
+    full = model(tokens)
+    caches = model.new_caches()
+    prefix = model(tokens[:, :5], caches)
+    steps = [model(tokens[:, i : i + 1], caches) for i in range(5, 16)]
+    torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full)
