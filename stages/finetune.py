@@ -4,7 +4,6 @@ from pathlib import Path
 
 from scratchgpt import params, stage
 from scratchgpt.checkpoint import load_model, save_model
-from scratchgpt.errors import ScratchGPTError
 from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train, write_metrics
 
@@ -13,10 +12,7 @@ def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> 
     settings = params.load("finetune").finetune
     model, tokenizer = load_model(pretrained)
     train_split = TokenShards(tokens / "lyrics", "train")
-    if train_split.encoding != tokenizer.encoding:
-        raise ScratchGPTError(
-            f"{tokens / 'lyrics'}: tokens are {train_split.encoding!r} but {pretrained} reads {tokenizer.encoding!r}"
-        )
+    train_split.require_encoding(tokenizer.encoding, pretrained)
     context = model.config.context_length
     result = train(
         model.train(),

@@ -15,6 +15,7 @@ from conftest import ROOT
 from scratchgpt import train as training
 from scratchgpt.checkpoint import Tokenizer, load_model, save_model
 from scratchgpt.errors import ScratchGPTError
+from scratchgpt.evaluation import Score
 from scratchgpt.model import GPT
 from scratchgpt.params import ParamsError, TrainParams, parse_section
 from scratchgpt.tokens import TokenShards, Windows
@@ -66,9 +67,9 @@ def scripted_validation(monkeypatch, losses: list[float]) -> list[dict]:
 
     def fake(model, *args):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-        return losses[len(snapshots) - 1]
+        return Score(nats=losses[len(snapshots) - 1], tokens=1, bytes=0)
 
-    monkeypatch.setattr(training, "validation_loss", fake)
+    monkeypatch.setattr(training, "score", fake)
     return snapshots
 
 

@@ -141,6 +141,7 @@ class EvaluateParams:
     max_tokens: int = positive()
     batch_size: int = positive()
     device: Device
+    precision: Precision
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ class TokenShards:
     """One split's tokens as a single sequence, read lazily from memory-mapped shards."""
 
     def __init__(self, folder: str | Path, split: str):
-        folder = Path(folder)
+        self.folder = folder = Path(folder)
         self.meta = read_meta(folder)
         if split not in self.meta["splits"]:
             raise ScratchGPTError(f"{folder / META_FILE}: no split {split!r}")
@@ -152,6 +152,14 @@ class TokenShards:
             raise ScratchGPTError(
                 f"{folder}: split {split!r} has {found} tokens in its shards, meta.json says "
                 f"{info['tokens']} (re-run the tokenize stage)"
+            )
+
+    def require_encoding(self, encoding: str, reader: str | Path) -> None:
+        """Refuse ids from another tokenizer than the one the model `reader` was trained with."""
+        if self.encoding != encoding:
+            raise ScratchGPTError(
+                f"{self.folder}: tokens are {self.encoding!r} but {reader} reads {encoding!r}; "
+                "re-run the tokenize stage with the model's encoding"
             )
 
     def _open(self, path: Path) -> np.ndarray:

@@ -21,6 +21,7 @@ from dvclive import Live
 
 from scratchgpt.devices import autocast, pick_device, set_threads, use_bf16
 from scratchgpt.errors import ScratchGPTError
+from scratchgpt.evaluation import score
 from scratchgpt.model import GPT
 from scratchgpt.outputs import atomic_dir
 from scratchgpt.params import TrainParams, bad_value
@@ -51,22 +52,6 @@ def next_token_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch
     """Mean cross-entropy of predicting each target from the inputs up to it."""
     logits = model(inputs)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-
-
-@torch.no_grad()
-def validation_loss(
-    model: torch.nn.Module, windows: Windows, indices: list[int], batch_size: int, device: torch.device, bf16: bool
-) -> float:
-    """Mean next-token loss over the windows `indices`, with dropout off."""
-    model.eval()
-    total = 0.0
-    for start in range(0, len(indices), batch_size):
-        inputs, targets = windows.batch(indices[start : start + batch_size])
-        with autocast(device, bf16):
-            loss = next_token_loss(model, inputs.to(device), targets.to(device))
-        total += loss.item() * len(inputs)
-    model.train()
-    return total / len(indices)
 
 
 @dataclass
@@ -146,7 +131,7 @@ def train(model: GPT, train_windows: Windows, val_windows: Windows, settings: Tr
             "step": result.steps, "train_loss": loss.item(), "learning_rate": lr, "tokens_seen": result.tokens_seen,
         }
         if result.steps % settings.eval_freq == 0 or result.steps == total_steps:
-            row["val_loss"] = validation_loss(forward, val_windows, val_indices, settings.batch_size, device, bf16)
+            row["val_loss"] = score(forward, val_windows, val_indices, settings.batch_size, device, bf16).loss
             if row["val_loss"] < result.best_val_loss:
                 result.best_val_loss, result.best_step = row["val_loss"], result.steps
                 best_weights = copy.deepcopy(model.state_dict())

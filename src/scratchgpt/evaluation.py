@@ -1,0 +1,76 @@
+"""How well a model predicts held-out text: loss, perplexity and bits per byte.
+
+Loss is the mean cross-entropy (nats per token) and perplexity its exponential; both depend on
+the tokenizer. Bits per byte divides the same total by the UTF-8 bytes of the scored text, so
+models with different tokenizers can be compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tiktoken
+import torch
+import torch.nn.functional as F
+
+from scratchgpt.devices import autocast
+from scratchgpt.tokens import Windows
+
+
+def token_byte_lengths(encoding: tiktoken.Encoding) -> np.ndarray:
+    """Bytes of text each token id stands for; end-of-text counts as one (a document break)."""
+    lengths = np.array(
+        [len(encoding.decode_single_token_bytes(i)) for i in range(encoding.n_vocab)], dtype=np.int64
+    )
+    lengths[encoding.eot_token] = 1
+    return lengths
+
+
+@dataclass(frozen=True)
+class Score:
+    nats: float  # summed cross-entropy of every scored token
+    tokens: int
+    bytes: int  # UTF-8 bytes of the scored tokens (0 when not counted)
+
+    @property
+    def loss(self) -> float:
+        return self.nats / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nats / math.log(2) / self.bytes
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte, "tokens": self.tokens}
+
+
+@torch.no_grad()
+def score(
+    model: torch.nn.Module,
+    windows: Windows,
+    indices: list[int],
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
+    byte_lengths: np.ndarray | None = None,
+) -> Score:
+    """Next-token cross-entropy over the windows `indices`, with dropout off."""
+    was_training = model.training
+    model.eval()
+    nats, tokens, size = 0.0, 0, 0
+    for start in range(0, len(indices), batch_size):
+        inputs, targets = windows.batch(indices[start : start + batch_size])
+        with autocast(device, bf16):
+            logits = model(inputs.to(device))
+        nats += F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), reduction="sum").item()
+        tokens += targets.numel()
+        if byte_lengths is not None:
+            size += int(byte_lengths[targets.numpy()].sum())
+    model.train(was_training)
+    return Score(nats, tokens, size)

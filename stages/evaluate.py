@@ -1,0 +1,38 @@
+"""evaluate: loss, perplexity and bits per byte of both models on IMDb test and lyrics validation."""
+
+from pathlib import Path
+
+from scratchgpt import params, stage
+from scratchgpt.checkpoint import load_model
+from scratchgpt.devices import pick_device, set_threads, use_bf16
+from scratchgpt.evaluation import score, token_byte_lengths
+from scratchgpt.outputs import write_json
+from scratchgpt.tokens import TokenShards, Windows, get_encoding
+
+SPLITS = {"imdb_test": ("imdb", "test"), "lyrics_val": ("lyrics", "val")}
+
+
+def main(pretrained: Path, finetuned: Path, tokens: Path, out: Path) -> None:
+    settings = params.load("evaluate").evaluate
+    set_threads(None)
+    device = pick_device(settings.device, "evaluate.device")
+    bf16 = use_bf16(settings.precision, device, "evaluate.precision")
+    results = {}
+    for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
+        model, tokenizer = load_model(folder, device)
+        byte_lengths = token_byte_lengths(get_encoding(tokenizer.encoding))
+        results[name] = {}
+        for label, (corpus, split) in SPLITS.items():
+            shards = TokenShards(tokens / corpus, split)
+            shards.require_encoding(tokenizer.encoding, folder)
+            windows = Windows(shards, model.config.context_length)
+            indices = windows.evenly_spaced(max(1, settings.max_tokens // windows.length))
+            result = score(model, windows, indices, settings.batch_size, device, bf16, byte_lengths)
+            results[name][label] = result.to_dict()
+            print(f"{name} on {label}: loss {result.loss:.4f}, perplexity {result.perplexity:.1f}, "
+                  f"{result.bits_per_byte:.4f} bits per byte over {result.tokens:,} tokens")
+    write_json(out, results)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,59 @@
+"""sample: text from both models for every prompt, side by side in a markdown table."""
+
+import html
+from pathlib import Path
+
+import torch
+
+from scratchgpt import params, stage
+from scratchgpt.checkpoint import load_model
+from scratchgpt.devices import pick_device, set_threads
+from scratchgpt.generate import generate, text_to_token_ids
+from scratchgpt.outputs import atomic_file
+from scratchgpt.params import bad_value
+from scratchgpt.tokens import get_encoding
+
+
+def cell(text: str) -> str:
+    """`text` as one markdown table cell: escaped, its line breaks kept."""
+    return html.escape(text).replace("|", "&#124;").replace("\n", "<br>")
+
+
+def main(pretrained: Path, finetuned: Path, out: Path) -> None:
+    settings = params.load("sample").sample
+    set_threads(None)
+    device = pick_device(settings.device, "sample.device")
+    columns = {}
+    for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
+        model, tokenizer = load_model(folder, device)
+        encoding = get_encoding(tokenizer.encoding)
+        columns[name] = []
+        for index, prompt in enumerate(settings.prompts):
+            context = text_to_token_ids(prompt, encoding, device)
+            if not 0 < context.size(1) <= model.config.context_length:
+                raise bad_value(
+                    f"sample.prompts[{index}]", prompt,
+                    f"is {context.size(1)} tokens; a prompt needs 1 to {model.config.context_length} (the model's context)",
+                )
+            generator = torch.Generator(device).manual_seed(settings.seed + index)
+            ids = generate(model, context, settings.max_new_tokens, model.config.context_length,
+                           settings.temperature, settings.top_k, settings.top_p, generator, tokenizer.vocab_size)
+            columns[name].append(encoding.decode(ids[0, context.size(1):].tolist()))
+    lines = [
+        "# Samples",
+        "",
+        f"temperature {settings.temperature}, top_k {settings.top_k}, top_p {settings.top_p}, "
+        f"{settings.max_new_tokens} new tokens, seed {settings.seed}",
+        "",
+        "| prompt | pretrained (IMDb) | fine-tuned (lyrics) |",
+        "| --- | --- | --- |",
+    ]
+    for index, prompt in enumerate(settings.prompts):
+        lines.append(f"| **{cell(prompt)}** | {cell(columns['pretrained'][index])} | {cell(columns['finetuned'][index])} |")
+    with atomic_file(out) as tmp:
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    stage.run(main)
