@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import torch
+
 from scratchgpt import params, stage
 from scratchgpt.checkpoint import Tokenizer, save_model
 from scratchgpt.model import GPT
@@ -16,6 +18,7 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
     val_split = TokenShards(tokens / "imdb", "val")
     vocab_size = train_split.meta["vocab_size"]
     padded_vocab = -(-vocab_size // shape.vocab_multiple) * shape.vocab_multiple  # round up
+    torch.manual_seed(settings.train.seed)  # the initial weights
     model = GPT(
         num_heads=shape.num_heads,
         vocab_size=padded_vocab,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from conftest import DVC, ROOT, run
 from scratchgpt.params import SECTIONS
@@ -52,18 +55,92 @@ def test_stage_params_are_whole_known_sections(name):
     assert all(section in SECTIONS for section in PIPELINE[name].get("params", []))
 
 
-def lock_outs(repo: Path) -> dict[str, str]:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {out["path"]: out["md5"] for stage in lock.values() for out in stage.get("outs", [])}
-
-
 @pytest.mark.e2e
 def test_data_stages_end_to_end_and_byte_identical(project):
     run([*DVC, "repro", "tokenize"], project)
     meta = yaml.safe_load((project / "data/tokens/imdb/meta.json").read_text())
     assert meta["splits"]["train"]["tokens"] > 10_000 and meta["splits"]["test"]["documents"] == 40
     assert len(meta["splits"]["train"]["shards"]) > 1  # tiny shard size: several files
-    first = lock_outs(project)
+    first = lock_hashes(project)
     assert set(first) == {"data/raw", "data/clean", "data/tokens"}
     run([*DVC, "repro", "--force", "tokenize"], project)
-    assert lock_outs(project) == first
+    assert lock_hashes(project) == first
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def run_dvc(repo: Path, *args: str) -> str:
+    return run([*DVC, *args], repo).stdout
+
+
+@pytest.mark.e2e
+def test_the_experiment_workflow(project):
+    # dvc repro builds everything; a second one has nothing to do.
+    assert ran_stages(run_dvc(project, "repro")) == [
+        "download", "clean", "tokenize", "pretrain", "finetune", "evaluate", "sample"]
+    assert "Data and pipelines are up to date" in run_dvc(project, "repro")
+    for path in ("metrics/evaluate.json", "metrics/samples.md", "metrics/train/metrics.json",
+                 "metrics/finetune/plots/metrics/val_loss.tsv", "models/finetuned/model.safetensors"):
+        assert (project / path).exists(), path
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "reference run"], project)
+
+    # Fine-tuning starts from the pretrained weights: a few tiny steps move them only slightly.
+    before = load_file(project / "models/pretrained/model.safetensors")
+    after = load_file(project / "models/finetuned/model.safetensors")
+    drift = max((after[k] - before[k]).abs().max().item() for k in before)
+    assert 0 < drift < 1e-3
+
+    # A learning-rate experiment re-runs training and what follows, never the data stages.
+    output = run_dvc(project, "exp", "run", "-S", "train.max_lr=1e-4")
+    assert ran_stages(output) == ["pretrain", "finetune", "evaluate", "sample"]
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["max_lr"] == 1e-4
+    params_diff = run_dvc(project, "params", "diff", "--md")
+    assert "train.max_lr" in params_diff and "0.0003" in params_diff and "0.0001" in params_diff
+    metrics_diff = run_dvc(project, "metrics", "diff", "--md")
+    assert "metrics/train/metrics.json" in metrics_diff and "best_val_loss" in metrics_diff
+    assert "finetuned.imdb_test.bits_per_byte" in metrics_diff
+
+    # A sampling experiment re-runs only the sample stage.
+    output = run_dvc(project, "exp", "run", "-S", "sample.temperature=0.5")
+    assert ran_stages(output) == ["sample"]
+    assert "temperature 0.5" in (project / "metrics/samples.md").read_text()
+    shown = run_dvc(project, "exp", "show", "--md")
+    assert shown.count("[") >= 2  # both experiments listed by name
+
+    run_dvc(project, "plots", "show", "-o", "dvc_plots")
+    page = (project / "dvc_plots/index.html").read_text()
+    assert "Pretraining loss (IMDb)" in page and "Learning rate" in page
+
+    # Queued experiments run when the queue starts.
+    for lr in ("2.0e-4", "5.0e-4"):
+        run_dvc(project, "exp", "run", "--queue", "-S", f"train.max_lr={lr}")
+    run_dvc(project, "queue", "start")
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            status = run_dvc(project, "queue", "status")
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(2)
+        assert status.count("Success") == 2, status
+    finally:
+        run([*DVC, "queue", "stop", "--kill"], project, check=False)
+
+
+def lock_hashes(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for stage in lock.values() for out in stage.get("outs", [])}
+
+
+@pytest.mark.e2e
+def test_two_runs_from_scratch_give_the_same_bytes(project):
+    run_dvc(project, "repro")
+    first = lock_hashes(project)
+    assert len(first) == 11  # every output, metrics and plots included
+    for path in ("data", "models", "metrics", ".dvc/cache"):
+        shutil.rmtree(project / path, ignore_errors=True)
+    run_dvc(project, "repro", "--force", "--no-run-cache")
+    assert lock_hashes(project) == first
