@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from scratchgpt import params, stage
+from scratchgpt import distributed, params, resume, stage
 from scratchgpt.checkpoint import load_model, save_model
 from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train, write_metrics
@@ -10,20 +10,25 @@ from scratchgpt.train import train, write_metrics
 
 def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> None:
     settings = params.load("finetune").finetune
+    distributed.relaunch(settings.processes)
     model, tokenizer = load_model(pretrained)
     train_split = TokenShards(tokens / "lyrics", "train")
     train_split.require_encoding(tokenizer.encoding, pretrained)
     context = model.config.context_length
+    state = resume.state_folder("finetune")
     result = train(
         model.train(),
         Windows(train_split, context),
         Windows(TokenShards(tokens / "lyrics", "val"), context),
         settings,
         "finetune",
+        state,
     )
-    print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
-    save_model(model, tokenizer, model_out)
-    write_metrics(result, metrics_out)
+    if distributed.is_main():
+        print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
+        save_model(model, tokenizer, model_out)
+        write_metrics(result, metrics_out)
+        resume.clear(state)
 
 
 if __name__ == "__main__":

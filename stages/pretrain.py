@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from scratchgpt import params, stage
+from scratchgpt import distributed, params, resume, stage
 from scratchgpt.checkpoint import Tokenizer, save_model
 from scratchgpt.model import GPT
 from scratchgpt.tokens import TokenShards, Windows
@@ -13,6 +13,7 @@ from scratchgpt.train import train, write_metrics
 
 def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
     settings = params.load("pretrain")
+    distributed.relaunch(settings.train.processes)
     shape = settings.model
     train_split = TokenShards(tokens / "imdb", "train")
     val_split = TokenShards(tokens / "imdb", "val")
@@ -28,12 +29,20 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
         context_length=shape.context_length,
         dropout_rate=shape.dropout_rate,
     )
-    train_windows = Windows(train_split, shape.context_length)
-    val_windows = Windows(val_split, shape.context_length)
-    result = train(model, train_windows, val_windows, settings.train, "train")
-    print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
-    save_model(model, Tokenizer(train_split.encoding, vocab_size), model_out)
-    write_metrics(result, metrics_out)
+    state = resume.state_folder("pretrain")
+    result = train(
+        model,
+        Windows(train_split, shape.context_length),
+        Windows(val_split, shape.context_length),
+        settings.train,
+        "train",
+        state,
+    )
+    if distributed.is_main():
+        print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
+        save_model(model, Tokenizer(train_split.encoding, vocab_size), model_out)
+        write_metrics(result, metrics_out)
+        resume.clear(state)
 
 
 if __name__ == "__main__":

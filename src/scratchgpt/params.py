@@ -122,6 +122,7 @@ class TrainParams:
     precision: Precision
     compile: bool
     num_threads: int | None = positive()
+    processes: int = positive()
 
     def check(self, section: str) -> None:
         if self.min_lr > self.max_lr:

@@ -10,4 +10,5 @@ from tqdm import tqdm
 
 def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar on stderr that disables itself when stderr is not a terminal."""
-    return tqdm(iterable, disable=None, dynamic_ncols=True, **kwargs)
+    kwargs.setdefault("disable", None)
+    return tqdm(iterable, dynamic_ncols=True, **kwargs)

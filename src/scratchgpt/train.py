@@ -10,7 +10,9 @@ kept. An epoch is one pass over every training window in a seeded shuffled order
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from dvclive import Live
+from torch.nn.parallel import DistributedDataParallel
 
+from scratchgpt import distributed, resume
 from scratchgpt.devices import autocast, pick_device, set_threads, use_bf16
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.evaluation import score
@@ -56,13 +60,17 @@ def next_token_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch
 
 @dataclass
 class TrainResult:
-    """What a run did: per-step history, and where its best validation loss was."""
+    """Where a run stands: per-step history, and where its best validation loss was.
+
+    Saved with the resumable state, so a resumed run carries on with exactly these values.
+    """
 
     history: list[dict[str, float | int]] = field(default_factory=list)
     best_val_loss: float = math.inf
     best_step: int = 0
     steps: int = 0
     tokens_seen: int = 0
+    evaluations_since_best: int = 0
     stopped_early: bool = False
 
 
@@ -75,6 +83,11 @@ def plan_steps(windows: Windows, settings: TrainParams, section: str) -> tuple[i
             settings.batch_size,
             f"larger than the {windows.count} training windows of {windows.length + 1} tokens",
         )
+    if settings.batch_size % distributed.world_size():
+        raise bad_value(
+            f"{section}.batch_size", settings.batch_size,
+            f"must split evenly over {section}.processes = {distributed.world_size()}",
+        )
     total = settings.num_epochs * steps_per_epoch
     length = f"{settings.num_epochs} epoch(s) of {steps_per_epoch} steps"
     if settings.max_steps is not None and settings.max_steps < total:
@@ -86,70 +99,118 @@ def plan_steps(windows: Windows, settings: TrainParams, section: str) -> tuple[i
     return steps_per_epoch, total
 
 
-def train(model: GPT, train_windows: Windows, val_windows: Windows, settings: TrainParams, section: str) -> TrainResult:
-    """Train `model` in place; on return it holds the weights of the best validation step."""
+class _StopOnInterrupt:
+    """Ctrl-C lets the current step finish, so the saved state is whole, then stops the run."""
+
+    requested = False
+
+    def __enter__(self) -> _StopOnInterrupt:
+        self._previous = signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, *_: object) -> None:
+        self.requested = True
+
+    def __exit__(self, *_: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def train(
+    model: GPT,
+    train_windows: Windows,
+    val_windows: Windows,
+    settings: TrainParams,
+    section: str,
+    state_dir: Path | None = None,
+) -> TrainResult:
+    """Train `model` in place; on return it holds the weights of the best validation step.
+
+    With `state_dir`, the state is saved there at every evaluation and on Ctrl-C, and a run
+    that finds a saved state resumes from it and ends exactly as an uninterrupted run would.
+    """
     set_threads(settings.num_threads)
-    device = pick_device(settings.device, f"{section}.device")
+    device = distributed.start(pick_device(settings.device, f"{section}.device"))
     bf16 = use_bf16(settings.precision, device, f"{section}.precision")
     steps_per_epoch, total_steps = plan_steps(train_windows, settings, section)
+    rank, processes = distributed.rank(), distributed.world_size()
     torch.manual_seed(settings.seed)  # dropout
     model.to(device).train()
     optimizer = make_optimizer(model, settings)
-    forward = torch.compile(model) if settings.compile else model
+    replicated = DistributedDataParallel(model) if processes > 1 else model
+    forward = torch.compile(replicated) if settings.compile else replicated
     val_indices = val_windows.evenly_spaced(settings.eval_batches * settings.batch_size)
     tokens_per_step = settings.batch_size * train_windows.length
 
     result = TrainResult()
     best_weights = copy.deepcopy(model.state_dict())
-    evaluations_since_best = 0
-    order = train_windows.shuffled(settings.seed, epoch=0)
-    bar = progress(total=total_steps, desc=section, unit="step")
-    started = time.perf_counter()
-    for step in range(total_steps):
-        epoch, position = divmod(step, steps_per_epoch)
-        if position == 0 and epoch:
-            order = train_windows.shuffled(settings.seed, epoch)
-        inputs, targets = train_windows.batch(order[position * settings.batch_size : (position + 1) * settings.batch_size])
-        lr = learning_rate_at(step, total_steps, settings)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(device, bf16):
-            loss = next_token_loss(forward, inputs.to(device), targets.to(device))
-        if not torch.isfinite(loss):
-            raise ScratchGPTError(
-                f"{section}: the loss became {loss.item()} at step {step + 1}; "
-                f"lower {section}.max_lr or {section}.learning_rate"
-            )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    restored = resume.load_state(state_dir, model, optimizer) if state_dir else None
+    if restored:
+        best_weights, progress_so_far = restored
+        result = TrainResult(**progress_so_far)
+        if rank == 0:
+            print(f"{section}: resuming at step {result.steps} from {state_dir}", flush=True)
+    bar = progress(total=total_steps, initial=result.steps, desc=section, unit="step", disable=None if rank == 0 else True)
+    started, first_step = time.perf_counter(), result.steps
+    with _StopOnInterrupt() as interrupt:
+        for step in range(result.steps, total_steps):
+            epoch, position = divmod(step, steps_per_epoch)
+            if position == 0 or step == first_step:
+                order = train_windows.shuffled(settings.seed, epoch)
+            batch = order[position * settings.batch_size : (position + 1) * settings.batch_size]
+            inputs, targets = train_windows.batch(batch[rank::processes])  # this process's share
+            lr = learning_rate_at(step, total_steps, settings)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(device, bf16):
+                loss = next_token_loss(forward, inputs.to(device), targets.to(device))
+            if not torch.isfinite(loss):
+                raise ScratchGPTError(
+                    f"{section}: the loss became {loss.item()} at step {step + 1}; "
+                    f"lower {section}.max_lr or {section}.learning_rate"
+                )
+            loss.backward()  # under DDP, also averages the gradients over processes
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        result.steps = step + 1
-        result.tokens_seen += tokens_per_step
-        row: dict[str, float | int] = {
-            "step": result.steps, "train_loss": loss.item(), "learning_rate": lr, "tokens_seen": result.tokens_seen,
-        }
-        if result.steps % settings.eval_freq == 0 or result.steps == total_steps:
-            row["val_loss"] = score(forward, val_windows, val_indices, settings.batch_size, device, bf16).loss
-            if row["val_loss"] < result.best_val_loss:
-                result.best_val_loss, result.best_step = row["val_loss"], result.steps
-                best_weights = copy.deepcopy(model.state_dict())
-                evaluations_since_best = 0
-            else:
-                evaluations_since_best += 1
-        result.history.append(row)
-        bar.update()
-        bar.set_postfix(
-            loss=f"{row['train_loss']:.3f}",
-            val=f"{result.best_val_loss:.3f}",
-            tok_s=f"{result.tokens_seen / (time.perf_counter() - started):,.0f}",
-        )
-        if evaluations_since_best >= settings.patience:
-            result.stopped_early = True
-            break
+            result.steps = step + 1
+            result.tokens_seen += tokens_per_step
+            row: dict[str, float | int] = {
+                "step": result.steps,
+                "train_loss": distributed.mean(loss.item(), device),
+                "learning_rate": lr,
+                "tokens_seen": result.tokens_seen,
+            }
+            evaluate = result.steps % settings.eval_freq == 0 or result.steps == total_steps
+            if evaluate:
+                mine = score(forward, val_windows, val_indices[rank::processes], settings.batch_size, device, bf16)
+                nats, tokens = distributed.sum_all([mine.nats, mine.tokens], device)
+                row["val_loss"] = nats / tokens
+                if row["val_loss"] < result.best_val_loss:
+                    result.best_val_loss, result.best_step = row["val_loss"], result.steps
+                    best_weights = copy.deepcopy(model.state_dict())
+                    result.evaluations_since_best = 0
+                else:
+                    result.evaluations_since_best += 1
+                result.stopped_early = result.evaluations_since_best >= settings.patience
+            result.history.append(row)
+            if state_dir and rank == 0 and (evaluate or interrupt.requested):
+                resume.save_state(state_dir, model, optimizer, best_weights, dataclasses.asdict(result))
+            bar.update()
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}",
+                best_val=f"{result.best_val_loss:.3f}",
+                tok_s=f"{(result.steps - first_step) * tokens_per_step / elapsed:,.0f}",
+            )
+            if interrupt.requested:
+                bar.write(f"interrupted at step {result.steps}: state saved in {state_dir}; `dvc repro` resumes")
+                raise KeyboardInterrupt
+            if result.stopped_early:
+                break
     bar.close()
     model.load_state_dict(best_weights)
+    distributed.stop()
     return result
 
 

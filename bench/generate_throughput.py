@@ -1,0 +1,55 @@
+"""Generation speed: tokens/s for 256 new tokens with the KV cache against the seed's generate
+(which re-runs the whole context for every token), seed model size, greedy, interleaved.
+Run: python bench/generate_throughput.py [--new-tokens 256] [--rounds 3]"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from scratchgpt.generate import generate
+from scratchgpt.model import GPT
+from seed_baseline import SeedGPT, seed_generate
+
+SHAPE = dict(num_heads=8, vocab_size=50304, embed_dim=256, attention_dim=256, num_blocks=8, context_length=256, dropout_rate=0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    prompt = torch.randint(0, 50257, (1, 4))
+    seed_model, model = SeedGPT(**SHAPE).eval(), GPT(**SHAPE).eval()
+    context = SHAPE["context_length"]
+    variants = {
+        "seed generate (whole context per token)": lambda: seed_generate(seed_model, prompt, args.new_tokens, context),
+        "scratchgpt generate (KV cache)": lambda: generate(model, prompt, args.new_tokens, context),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for name, fn in variants.items():
+        fn()  # warm-up
+    for _ in range(args.rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    print(f"generation, prompt 4 tokens + {args.new_tokens} new, batch 1, greedy, fp32, "
+          f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print()
+    print("| variant | s | tokens/s | vs seed |")
+    print("| --- | --- | --- | --- |")
+    baseline = None
+    for name, measured in times.items():
+        median = statistics.median(measured)
+        baseline = baseline or median
+        print(f"| {name} | {median:.2f} | {args.new_tokens / median:,.0f} | {baseline / median:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()

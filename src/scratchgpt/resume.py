@@ -1,0 +1,97 @@
+"""Resumable training state, so an interrupted stage picks up where it stopped.
+
+The state (model, optimizer, best weights, random generator, step and metric history) lives
+in `.ckpt/<stage>-<key>/`, outside DVC's outputs, which DVC deletes before a stage runs. The
+key hashes everything the stage declares in dvc.yaml (code, data and params), so a changed
+input never resumes stale state. The stage removes its folder once its outputs are written.
+Tensors are stored as safetensors and the rest as JSON: no pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from scratchgpt.outputs import atomic_dir
+from scratchgpt.params import PARAMS_FILE, PIPELINE_FILE, read_yaml
+
+STATE_ROOT = Path(".ckpt")
+TENSORS_FILE = "state.safetensors"
+PROGRESS_FILE = "state.json"
+
+
+def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else file.name.encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+
+
+def state_folder(stage: str) -> Path:
+    """Where `stage` keeps its state for the present code, data and params."""
+    declared = read_yaml(PIPELINE_FILE)["stages"][stage]
+    params = read_yaml(PARAMS_FILE)
+    digest = hashlib.sha256(json.dumps({s: params.get(s) for s in declared.get("params", [])}, sort_keys=True).encode())
+    for dep in declared.get("deps", []):
+        _hash_path(digest, Path(dep))
+    return STATE_ROOT / f"{stage}-{digest.hexdigest()[:16]}"
+
+
+def save_state(
+    folder: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    best_weights: dict[str, torch.Tensor],
+    progress: dict[str, Any],
+) -> None:
+    """Write the whole state at once: a kill mid-save leaves the previous state intact."""
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"best.{k}": v for k, v in best_weights.items()}
+    for index, values in optimizer_state["state"].items():
+        tensors |= {f"optimizer.{index}.{name}": value for name, value in values.items()}
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    with atomic_dir(folder) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / TENSORS_FILE)
+        (tmp / PROGRESS_FILE).write_text(
+            json.dumps({"progress": progress, "param_groups": optimizer_state["param_groups"]}), encoding="utf-8"
+        )
+
+
+def load_state(
+    folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Restore model, optimizer and random generator from `folder`; return the best weights and
+    progress, or None when there is no saved state."""
+    if not (folder / PROGRESS_FILE).exists():
+        return None
+    saved = json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8"))
+    tensors = load_file(folder / TENSORS_FILE)
+    device = next(model.parameters()).device
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())])
+    return best, saved["progress"]
+
+
+def clear(folder: Path) -> None:
+    """Forget the state once the stage's outputs are complete."""
+    shutil.rmtree(folder, ignore_errors=True)

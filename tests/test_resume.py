@@ -1,0 +1,80 @@
+"""An interrupted training stage loses nothing: it resumes and ends with the same bytes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import DVC, run, tiny_params
+
+# Long enough (a few seconds) to interrupt after the first saved state.
+SLOW = {"model": {"embed_dim": 64, "attention_dim": 64, "num_blocks": 2, "context_length": 32},
+        "train": {"max_steps": 48, "eval_freq": 4, "num_threads": 1}}
+
+
+def state_files(repo: Path) -> list[Path]:
+    return list((repo / ".ckpt").glob("pretrain-*/state.json"))
+
+
+def interrupt(repo: Path, how: signal.Signals) -> subprocess.CompletedProcess:
+    """Start `dvc repro pretrain`, wait for a saved state, then send `how` to the whole process group."""
+    before = {p: p.stat().st_mtime_ns for p in state_files(repo)}
+    process = subprocess.Popen([*DVC, "repro", "pretrain"], cwd=repo, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(before.get(p) != p.stat().st_mtime_ns for p in state_files(repo)):
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(process.pid, how)
+    output, _ = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, output)
+
+
+def outputs(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["pretrain"]
+    return {out["path"]: out["md5"] for out in lock["outs"]}
+
+
+@pytest.mark.e2e
+def test_killed_and_interrupted_training_resumes_to_the_same_bytes(project):
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SLOW), sort_keys=False))
+    run([*DVC, "repro", "tokenize"], project)
+
+    killed = interrupt(project, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(state_files(project)) == 1
+    assert not (project / "models/pretrained").exists()  # no half-written output
+
+    stopped = interrupt(project, signal.SIGINT)
+    assert stopped.returncode != 0
+    assert "resuming at step" in stopped.stdout and "state saved in" in stopped.stdout
+    assert not (project / "models/pretrained").exists()
+
+    finished = run([*DVC, "repro", "pretrain"], project)
+    assert "resuming at step" in finished.stdout
+    assert state_files(project) == []  # removed once the outputs are whole
+    resumed = outputs(project)
+
+    run([*DVC, "repro", "--force", "--no-run-cache", "pretrain"], project)
+    assert outputs(project) == resumed
+
+
+@pytest.mark.e2e
+def test_changed_params_never_resume_stale_state(project):
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SLOW), sort_keys=False))
+    run([*DVC, "repro", "tokenize"], project)
+    interrupt(project, signal.SIGKILL)
+    [stale] = state_files(project)
+    changed = tiny_params(**{**SLOW, "train": {**SLOW["train"], "max_lr": 1.0e-4}})
+    (project / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    output = run([*DVC, "repro", "pretrain"], project).stdout
+    assert "resuming" not in output
+    assert stale.exists()  # another run's state: left alone, not resumed
