@@ -4,7 +4,7 @@ from pathlib import Path
 
 from scratchgpt import params, stage
 from scratchgpt.checkpoint import load_model
-from scratchgpt.devices import pick_device, set_threads, use_bf16
+from scratchgpt.devices import configure_cpu, pick_device, use_bf16
 from scratchgpt.evaluation import score, token_byte_lengths
 from scratchgpt.outputs import write_json
 from scratchgpt.tokens import TokenShards, Windows, get_encoding
@@ -14,7 +14,7 @@ SPLITS = {"imdb_test": ("imdb", "test"), "lyrics_val": ("lyrics", "val")}
 
 def main(pretrained: Path, finetuned: Path, tokens: Path, out: Path) -> None:
     settings = params.load("evaluate").evaluate
-    set_threads(None)
+    configure_cpu(None)
     device = pick_device(settings.device, "evaluate.device")
     bf16 = use_bf16(settings.precision, device, "evaluate.precision")
     results = {}

@@ -17,7 +17,7 @@ def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> 
     context = model.config.context_length
     state = resume.state_folder("finetune")
     result = train(
-        model.train(),
+        model,
         Windows(train_split, context),
         Windows(TokenShards(tokens / "lyrics", "val"), context),
         settings,

@@ -7,7 +7,7 @@ import torch
 
 from scratchgpt import params, stage
 from scratchgpt.checkpoint import load_model
-from scratchgpt.devices import pick_device, set_threads
+from scratchgpt.devices import configure_cpu, pick_device
 from scratchgpt.generate import generate, text_to_token_ids
 from scratchgpt.outputs import atomic_file
 from scratchgpt.params import bad_value
@@ -21,7 +21,7 @@ def cell(text: str) -> str:
 
 def main(pretrained: Path, finetuned: Path, out: Path) -> None:
     settings = params.load("sample").sample
-    set_threads(None)
+    configure_cpu(None)
     device = pick_device(settings.device, "sample.device")
     columns = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):

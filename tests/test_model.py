@@ -60,3 +60,18 @@ def test_kv_cache_gives_the_same_logits_as_the_full_pass():
     prefix = model(tokens[:, :5], caches)
     steps = [model(tokens[:, i : i + 1], caches) for i in range(5, 16)]
     torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full)
+
+
+def test_sliced_loss_equals_the_cross_entropy_of_the_full_logits():
+    torch.manual_seed(0)
+    model = GPT(**{**TINY, "context_length": 200})
+    tokens = torch.randint(0, 97, (2, 201))  # 400 positions: several slices of the loss
+    full = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
+    full.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    sliced = model(tokens[:, :-1], targets=tokens[:, 1:])
+    sliced.backward()
+    torch.testing.assert_close(sliced, full)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], msg=name)

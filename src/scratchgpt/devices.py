@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 
 import torch
@@ -54,6 +56,22 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def set_threads(num_threads: int | None) -> None:
-    """A fixed CPU thread count (all cores by default): the same count gives the same bytes."""
+def configure_cpu(num_threads: int | None) -> None:
+    """A fixed thread count (all cores by default: the same count gives the same bytes), and
+    freed memory kept for reuse.
+
+    A training step allocates and frees hundreds of buffers of tens of megabytes. glibc hands
+    every block over 32 MB back to the kernel when it is freed, so the next step page-faults it
+    all in again. Keeping freed memory in the heap for reuse makes a step of the seed's model on
+    a 2-core CPU about 15% faster (bench/train_throughput.py); memory stays at its peak instead.
+    """
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows): nothing to tune
+        return
+    mallopt(_M_MMAP_MAX, 0)  # serve big blocks from the heap, which is reused...
+    mallopt(_M_TRIM_THRESHOLD, -1)  # ...and never shrunk
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

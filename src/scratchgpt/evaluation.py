@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import tiktoken
 import torch
-import torch.nn.functional as F
 
 from scratchgpt.devices import autocast
 from scratchgpt.tokens import Windows
@@ -67,8 +66,8 @@ def score(
     for start in range(0, len(indices), batch_size):
         inputs, targets = windows.batch(indices[start : start + batch_size])
         with autocast(device, bf16):
-            logits = model(inputs.to(device))
-        nats += F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), reduction="sum").item()
+            loss = model(inputs.to(device), targets=targets.to(device))
+        nats += loss.item() * targets.numel()
         tokens += targets.numel()
         if byte_lengths is not None:
             size += int(byte_lengths[targets.numpy()].sum())

@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+LOSS_SLICE = 128  # positions per slice of the loss: 128 x 50,304 fp32 logits = 26 MB
 
 
 @dataclass(frozen=True)
@@ -185,8 +188,11 @@ class GPT(nn.Module):
         """Empty KV caches, one per block, for generating with `forward(..., caches)`."""
         return [KVCache(self.config.context_length) for _ in self.blocks]
 
-    def forward(self, token_ids: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
-        """Logits (batch, length, vocab_size) for token ids (batch, length).
+    def forward(
+        self, token_ids: torch.Tensor, caches: list[KVCache] | None = None, targets: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (batch, length, vocab_size) for token ids (batch, length); or, given the
+        targets (batch, length), the mean cross-entropy of predicting them.
 
         With `caches`, `token_ids` continue the sequence the caches hold.
         """
@@ -200,4 +206,25 @@ class GPT(nn.Module):
         x = self.dropout(self.token_embedding(token_ids) + self.position_embedding(positions))
         for index, block in enumerate(self.blocks):
             x = block(x, caches[index] if caches else None)
-        return self.lm_head(self.final_norm(x))
+        x = self.final_norm(x)
+        if targets is None:
+            return self.lm_head(x)
+        return self.next_token_loss(x.flatten(0, 1), targets.flatten())
+
+    def next_token_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the LM head's predictions, a slice of positions at a time.
+
+        A whole batch of logits is huge (32 x 256 positions x 50,304 ids = 1.6 GB in fp32), and
+        the memory allocator hands buffers that big back to the system, so every step would
+        page-fault gigabytes in again. Slices of LOSS_SLICE positions stay small enough to be
+        reused, and each slice's logits are recomputed in the backward pass instead of stored.
+        """
+        nats = sum(
+            checkpoint(self._summed_loss, hidden[start : start + LOSS_SLICE], targets[start : start + LOSS_SLICE],
+                       use_reentrant=False)
+            for start in range(0, len(targets), LOSS_SLICE)
+        )
+        return nats / len(targets)
+
+    def _summed_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.lm_head(hidden).float(), targets, reduction="sum")

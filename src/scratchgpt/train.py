@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
 
 from scratchgpt import distributed, resume
-from scratchgpt.devices import autocast, pick_device, set_threads, use_bf16
+from scratchgpt.devices import autocast, configure_cpu, pick_device, use_bf16
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.evaluation import score
 from scratchgpt.model import GPT
@@ -50,12 +49,6 @@ def make_optimizer(model: torch.nn.Module, settings: TrainParams) -> torch.optim
         {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=settings.learning_rate, foreach=True)
-
-
-def next_token_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting each target from the inputs up to it."""
-    logits = model(inputs)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 @dataclass
@@ -128,7 +121,7 @@ def train(
     With `state_dir`, the state is saved there at every evaluation and on Ctrl-C, and a run
     that finds a saved state resumes from it and ends exactly as an uninterrupted run would.
     """
-    set_threads(settings.num_threads)
+    configure_cpu(settings.num_threads)
     device = distributed.start(pick_device(settings.device, f"{section}.device"))
     bf16 = use_bf16(settings.precision, device, f"{section}.precision")
     steps_per_epoch, total_steps = plan_steps(train_windows, settings, section)
@@ -162,7 +155,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast(device, bf16):
-                loss = next_token_loss(forward, inputs.to(device), targets.to(device))
+                loss = forward(inputs.to(device), targets=targets.to(device))
             if not torch.isfinite(loss):
                 raise ScratchGPTError(
                     f"{section}: the loss became {loss.item()} at step {step + 1}; "
@@ -204,7 +197,8 @@ def train(
                 tok_s=f"{(result.steps - first_step) * tokens_per_step / elapsed:,.0f}",
             )
             if interrupt.requested:
-                bar.write(f"interrupted at step {result.steps}: state saved in {state_dir}; `dvc repro` resumes")
+                saved = f": state saved in {state_dir}; `dvc repro` resumes" if state_dir else ""
+                bar.write(f"interrupted at step {result.steps}{saved}")
                 raise KeyboardInterrupt
             if result.stopped_early:
                 break
