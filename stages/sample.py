@@ -16,7 +16,7 @@ from scratchgpt.tokens import get_encoding
 
 def cell(text: str) -> str:
     """`text` as one markdown table cell: escaped, its line breaks kept."""
-    return html.escape(text).replace("|", "&#124;").replace("\n", "<br>")
+    return html.escape(text, quote=False).replace("|", "&#124;").replace("\n", "<br>")
 
 
 def main(pretrained: Path, finetuned: Path, out: Path) -> None:
