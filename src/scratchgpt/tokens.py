@@ -8,10 +8,12 @@ next begins. Readers memory-map the shards: memory does not grow with the corpus
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from scratchgpt.outputs import atomic_file, write_json
 from scratchgpt.progress import progress
 
 META_FILE = "meta.json"
-ENCODE_BATCH_DOCS = 2048  # documents per encode call: big enough to keep every core busy
+ENCODE_BATCH_DOCS = 2048  # documents encoded per batch: bounds memory, keeps every core busy
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:
@@ -49,20 +51,19 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def encode_documents(
     encoding: tiktoken.Encoding, texts: list[str], dtype: np.dtype
 ) -> Iterator[np.ndarray]:
-    """Yield the ids of `texts`, batch by batch, each document followed by end-of-text."""
-    eot = encoding.eot_token
-    threads = os.cpu_count() or 1
-    for start in range(0, len(texts), ENCODE_BATCH_DOCS):
-        docs = encoding.encode_ordinary_batch(
-            texts[start : start + ENCODE_BATCH_DOCS], num_threads=threads
-        )
-        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) + 1
-        ids = np.empty(int(lengths.sum()), dtype=dtype)
-        ends = np.cumsum(lengths)
-        ids[ends - 1] = eot
-        for doc, end, length in zip(docs, ends.tolist(), lengths.tolist()):
-            ids[end - length : end - 1] = doc
-        yield ids
+    """Yield the ids of `texts`, batch by batch, each document followed by end-of-text.
+
+    Same ids as `encode_ordinary_batch`, faster: tiktoken's `encode_to_numpy` writes each
+    document's ids straight into a NumPy buffer (no Python list per document) and releases the
+    GIL while it works, so a thread per core keeps every core busy (bench/tokenize_throughput.py).
+    `disallowed_special=()` encodes special-token text as ordinary text, as encode_ordinary does.
+    """
+    eot = np.array([encoding.eot_token], dtype=np.uint32)
+    encode = functools.partial(encoding.encode_to_numpy, disallowed_special=())
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        for start in range(0, len(texts), ENCODE_BATCH_DOCS):
+            documents = pool.map(encode, texts[start : start + ENCODE_BATCH_DOCS])
+            yield np.concatenate([part for ids in documents for part in (ids, eot)]).astype(dtype)
 
 
 def write_shards(
