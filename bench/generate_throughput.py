@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import torch
 
 from scratchgpt.generate import generate
 from scratchgpt.model import GPT
+from measure import interleaved, print_table
 from seed_baseline import SeedGPT, seed_generate
 
 SHAPE = dict(num_heads=8, vocab_size=50304, embed_dim=256, attention_dim=256, num_blocks=8, context_length=256, dropout_rate=0.0)
@@ -31,24 +30,12 @@ def main() -> None:
         "seed generate (whole context per token)": lambda: seed_generate(seed_model, prompt, args.new_tokens, context),
         "scratchgpt generate (KV cache)": lambda: generate(model, prompt, args.new_tokens, context),
     }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for name, fn in variants.items():
-        fn()  # warm-up
-    for _ in range(args.rounds):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    print(f"generation, prompt 4 tokens + {args.new_tokens} new, batch 1, greedy, fp32, "
-          f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print()
-    print("| variant | s | tokens/s | vs seed |")
-    print("| --- | --- | --- | --- |")
-    baseline = None
-    for name, measured in times.items():
-        median = statistics.median(measured)
-        baseline = baseline or median
-        print(f"| {name} | {median:.2f} | {args.new_tokens / median:,.0f} | {baseline / median:.1f}x |")
+    times = interleaved(variants, args.rounds, warmup=1)
+    print_table(
+        f"generation, prompt 4 tokens + {args.new_tokens} new, batch 1, greedy, fp32, "
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        times, args.new_tokens, "tokens", "s", "seed",
+    )
 
 
 if __name__ == "__main__":

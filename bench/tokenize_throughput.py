@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
+from measure import interleaved, print_table
 from scratchgpt.text import read_documents
 from scratchgpt.tokens import get_encoding, tokenize_split
 
@@ -29,23 +28,13 @@ def main() -> None:
             "raw encode_ordinary_batch": lambda: encoding.encode_ordinary_batch(texts, num_threads=threads),
             "tokenize stage (encode + shards)": lambda: tokenize_split(encoding, texts, Path(scratch), "train", 1 << 25),
         }
-        times: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, fn in variants.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+        times = interleaved(variants, args.rounds)
         tokens = tokenize_split(encoding, texts, Path(scratch), "train", 1 << 25)["tokens"]
     size = sum(len(t.encode()) for t in texts)
-    print(f"tokenize {len(texts):,} documents ({size / 1e6:.0f} MB, {tokens:,} tokens), {threads} threads")
-    print()
-    print("| variant | s | tokens/s | vs raw |")
-    print("| --- | --- | --- | --- |")
-    baseline = None
-    for name, measured in times.items():
-        median = statistics.median(measured)
-        baseline = baseline or median
-        print(f"| {name} | {median:.2f} | {tokens / median:,.0f} | {baseline / median:.2f}x |")
+    print_table(
+        f"tokenize {len(texts):,} documents ({size / 1e6:.0f} MB, {tokens:,} tokens), {threads} threads",
+        times, tokens, "tokens", "s", "raw",
+    )
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import platform
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+
+from measure import print_table
 
 SHAPE = dict(num_heads=8, embed_dim=256, attention_dim=256, num_blocks=8, context_length=256, dropout_rate=0.1)
 GPT2_VOCAB = 50257
@@ -96,16 +97,11 @@ def main() -> None:
     for process, connection in workers.values():
         connection.send(None)
         process.join()
-    tokens = args.batch_size * SHAPE["context_length"]
-    print(f"training step, batch {args.batch_size} x {SHAPE['context_length']} tokens, seed model size, "
-          f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print()
-    print("| variant | s/step | tokens/s | vs seed-style |")
-    print("| --- | --- | --- | --- |")
-    baseline = statistics.median(times[names[0]])
-    for name in names:
-        median = statistics.median(times[name])
-        print(f"| {name} | {median:.2f} | {tokens / median:,.0f} | {baseline / median:.2f}x |")
+    print_table(
+        f"training step, batch {args.batch_size} x {SHAPE['context_length']} tokens, seed model size, "
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        times, args.batch_size * SHAPE["context_length"], "tokens", "s/step", "seed-style",
+    )
 
 
 if __name__ == "__main__":
