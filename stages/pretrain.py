@@ -1,12 +1,13 @@
 """pretrain: train the seed's GPT from scratch on IMDb tokens (params `model` and `train`)."""
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from scratchgpt import distributed, params, resume, stage
 from scratchgpt.checkpoint import Tokenizer, save_model
-from scratchgpt.model import GPT
+from scratchgpt.model import GPT, GPTConfig
 from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train, write_metrics
 
@@ -14,26 +15,17 @@ from scratchgpt.train import train, write_metrics
 def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
     settings = params.load("pretrain")
     distributed.relaunch(settings.train.processes)
-    shape = settings.model
     train_split = TokenShards(tokens / "imdb", "train")
     val_split = TokenShards(tokens / "imdb", "val")
     vocab_size = train_split.meta["vocab_size"]
-    padded_vocab = -(-vocab_size // shape.vocab_multiple) * shape.vocab_multiple  # round up
+    config = GPTConfig(vocab_size=vocab_size, **dataclasses.asdict(settings.model))
     torch.manual_seed(settings.train.seed)  # the initial weights
-    model = GPT(
-        num_heads=shape.num_heads,
-        vocab_size=padded_vocab,
-        embed_dim=shape.embed_dim,
-        attention_dim=shape.attention_dim,
-        num_blocks=shape.num_blocks,
-        context_length=shape.context_length,
-        dropout_rate=shape.dropout_rate,
-    )
+    model = GPT(config)
     state = resume.state_folder("pretrain")
     result = train(
         model,
-        Windows(train_split, shape.context_length),
-        Windows(val_split, shape.context_length),
+        Windows(train_split, config.context_length),
+        Windows(val_split, config.context_length),
         settings.train,
         "train",
         state,

@@ -45,13 +45,28 @@ def windows(tmp_path, split: str, length: int = 400, seed: int = 0) -> Windows:
 
 
 def test_learning_rate_schedule():
-    s = settings(learning_rate=1.0e-4, max_lr=1.0e-3, min_lr=1.0e-5, warmup_steps=10, max_steps=None)
-    assert training.learning_rate_at(0, 100, s) == pytest.approx(1.0e-4)
-    assert training.learning_rate_at(5, 100, s) == pytest.approx(5.5e-4)
-    assert training.learning_rate_at(10, 100, s) == pytest.approx(1.0e-3)  # warmup end: the peak
+    s = settings(learning_rate=1.0e-4, max_lr=1.0e-3, min_lr=1.0e-5, warmup_steps=9, max_steps=None)
+    warmup = [training.learning_rate_at(step, 100, s) for step in range(9)]
+    assert warmup[0] == pytest.approx(1.0e-4)  # a tenth of the way up from 0
+    assert warmup == sorted(warmup) and warmup[-1] == pytest.approx(9.0e-4)  # a straight line up
+    assert training.learning_rate_at(9, 100, s) == pytest.approx(1.0e-3)  # warmup end: the peak
     assert training.learning_rate_at(99, 100, s) == pytest.approx(1.0e-5)  # last step: the floor
-    middle = training.learning_rate_at(round(10 + 89 / 2), 100, s)
+    middle = training.learning_rate_at(round(9 + 90 / 2), 100, s)
     assert 1.0e-5 < middle < 1.0e-3
+
+
+def test_the_articles_warmup_rises_from_zero():
+    """The article sets learning_rate = max_lr and says warmup goes "from 0 to maximum"."""
+    article = settings(learning_rate=3.0e-4, max_lr=3.0e-4, warmup_steps=1500, max_steps=None, num_epochs=300)
+    assert training.learning_rate_at(0, 10_000, article) < 1.0e-6
+    assert training.learning_rate_at(750, 10_000, article) == pytest.approx(1.5e-4, rel=1e-3)  # halfway
+    assert training.learning_rate_at(1500, 10_000, article) == pytest.approx(3.0e-4)
+
+
+def test_a_null_max_lr_peaks_at_learning_rate():
+    s = settings(learning_rate=2.0e-4, max_lr=None, min_lr=0.0, warmup_steps=3)
+    assert training.learning_rate_at(3, 10, s) == pytest.approx(2.0e-4)
+    assert training.make_optimizer(GPT(**TINY), s).param_groups[0]["lr"] == pytest.approx(2.0e-4)
 
 
 def test_weight_decay_only_on_matrices():

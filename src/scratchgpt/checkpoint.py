@@ -47,11 +47,11 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        model = GPT.from_config(GPTConfig(**config["model"]))
+        model = GPT(GPTConfig(**config["model"]))
         tokenizer = Tokenizer(**config["tokenizer"])
     except FileNotFoundError:
         raise ScratchGPTError(f"{config_path}: not found; is {folder} a model folder?") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ScratchGPTError(f"{config_path}: not a scratchgpt model config ({reason(e)})") from None
     try:
         weights = load_file(weights_path)

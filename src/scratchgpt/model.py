@@ -1,41 +1,67 @@
-"""The seed's GPT: a decoder-only Transformer, in one file.
+"""The seed article's GPT: a decoder-only Transformer, in one file.
 
 Tokens become vectors (token embedding + learned position embedding), pass through
 `num_blocks` Decoder blocks (pre-LayerNorm attention and feed-forward, each added back to its
 input), and a final LayerNorm and the LM head turn them into next-token logits.
 
-Compared with the seed's one-module-per-head attention, every head's queries, keys and values
-come from one fused projection, and PyTorch's `scaled_dot_product_attention` does the masked
-softmax(QK^T / sqrt(d)) V of all heads at once: the same maths, several times faster.
+Compared with the article's one-module-per-head attention, every head's queries, keys and
+values come from one fused projection, and PyTorch's `scaled_dot_product_attention` does the
+masked softmax(QK^T / sqrt(d)) V of all heads at once: the same maths, several times faster.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-LOSS_SLICE = 128  # positions per slice of the loss: 128 x 50,304 fp32 logits = 26 MB
+MAX_VOCAB_SIZE = 1 << 20  # far above any tiktoken encoding (o200k: 200,019); catches a damaged config
 
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Everything needed to rebuild the model: saved beside the weights as config.json."""
+    """Everything needed to rebuild the model; saved beside the weights as config.json.
 
-    num_heads: int
+    `vocab_size` is the tokenizer's; the embedding and LM head have `padded_vocab_size` rows,
+    rounded up to a multiple of `vocab_multiple` because matrix products of such sizes run
+    faster. The model never predicts a padding id.
+    """
+
     vocab_size: int
-    embed_dim: int
-    attention_dim: int
-    num_blocks: int
-    context_length: int
-    dropout_rate: float
+    num_heads: int = 8
+    embed_dim: int = 256
+    attention_dim: int = 256  # width of the queries, keys and values, all heads together
+    num_blocks: int = 8
+    context_length: int = 256
+    dropout_rate: float = 0.1
+    vocab_multiple: int = 64
+    tie_embeddings: bool = False  # the LM head reuses the token embedding matrix (GPT-2, nanoGPT)
 
-    def to_dict(self) -> dict[str, int | float]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{f.name} = {value!r}: must be a whole number > 0")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate = {self.dropout_rate!r}: must be in [0, 1)")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings = {self.tie_embeddings!r}: must be true or false")
+        if self.vocab_size > MAX_VOCAB_SIZE:
+            raise ValueError(f"vocab_size = {self.vocab_size}: must be at most {MAX_VOCAB_SIZE:,}")
+        if self.attention_dim % self.num_heads:
+            raise ValueError(f"num_heads = {self.num_heads}: must divide attention_dim = {self.attention_dim}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple  # round up
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 class KVCache:
@@ -77,9 +103,10 @@ class SelfAttention(nn.Module):
         self.dropout_rate = dropout_rate
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        # queries: (batch, heads, new, head_dim); keys, values: (batch, heads, seen, head_dim)
         new, seen = queries.size(2), keys.size(2)
         assert new in (1, seen), "queries are either the whole sequence or one new token"
-        return F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(  # (batch, heads, new, head_dim)
             queries,
             keys,
             values,
@@ -101,7 +128,7 @@ class MultiHeadAttention(nn.Module):
         self.dropout = nn.Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        batch, length, _ = x.shape
+        batch, length, _ = x.shape  # x: (batch, length, embed_dim)
         # (batch, length, 3 * attention_dim) -> three of (batch, heads, length, head_dim)
         queries, keys, values = (
             self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -109,6 +136,7 @@ class MultiHeadAttention(nn.Module):
         if cache is not None:
             keys, values = cache.append(keys, values)
         heads = self.attention(queries, keys, values)
+        # (batch, heads, length, head_dim) -> (batch, length, attention_dim) -> (batch, length, embed_dim)
         return self.dropout(self.out(heads.transpose(1, 2).reshape(batch, length, -1)))
 
 
@@ -141,36 +169,30 @@ class Decoder(nn.Module):
 
 
 class GPT(nn.Module):
-    """The seed's model: `GPT(num_heads=8, vocab_size=..., embed_dim=256, ...)(token_ids) -> logits`."""
+    """`GPT(config)`, or the article's `GPT(num_heads=8, vocab_size=..., embed_dim=256, ...)`.
 
-    def __init__(
-        self,
-        num_heads: int,
-        vocab_size: int,
-        embed_dim: int,
-        attention_dim: int,
-        num_blocks: int,
-        context_length: int,
-        dropout_rate: float,
-    ):
+    `model(token_ids)` gives next-token logits; `model(token_ids, targets=...)` the mean loss.
+    """
+
+    def __init__(self, config: GPTConfig | None = None, **settings: Any):
         super().__init__()
-        self.config = GPTConfig(
-            num_heads, vocab_size, embed_dim, attention_dim, num_blocks, context_length, dropout_rate
-        )
-        self.token_embedding = nn.Embedding(vocab_size, embed_dim)
-        self.position_embedding = nn.Embedding(context_length, embed_dim)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.config = config = config or GPTConfig(**settings)
+        self.token_embedding = nn.Embedding(config.padded_vocab_size, config.embed_dim)
+        self.position_embedding = nn.Embedding(config.context_length, config.embed_dim)
+        self.dropout = nn.Dropout(config.dropout_rate)
         self.blocks = nn.ModuleList(
-            Decoder(num_heads, embed_dim, attention_dim, dropout_rate) for _ in range(num_blocks)
+            Decoder(config.num_heads, config.embed_dim, config.attention_dim, config.dropout_rate)
+            for _ in range(config.num_blocks)
         )
-        self.final_norm = nn.LayerNorm(embed_dim)
-        self.lm_head = nn.Linear(embed_dim, vocab_size, bias=False)
+        self.final_norm = nn.LayerNorm(config.embed_dim)
+        # Tied: scoring a token reuses the vector that embeds it, so there is no second matrix.
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.embed_dim, config.padded_vocab_size, bias=False)
         self.apply(self._init_weights)
         # GPT-2's scaling: each block adds two projections to the residual stream, so shrink them
         # to keep its variance from growing with depth.
         for name, parameter in self.named_parameters():
             if name.endswith(("attention.out.weight", "feed_forward.down.weight")):
-                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * num_blocks))
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.num_blocks))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -180,9 +202,10 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    @classmethod
-    def from_config(cls, config: GPTConfig) -> GPT:
-        return cls(**config.to_dict())
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The LM head's matrix, (padded_vocab_size, embed_dim)."""
+        return self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
 
     def new_caches(self) -> list[KVCache]:
         """Empty KV caches, one per block, for generating with `forward(..., caches)`."""
@@ -194,37 +217,80 @@ class GPT(nn.Module):
         """Logits (batch, length, vocab_size) for token ids (batch, length); or, given the
         targets (batch, length), the mean cross-entropy of predicting them.
 
-        With `caches`, `token_ids` continue the sequence the caches hold.
+        With `caches`, `token_ids` continue the sequence the caches hold. The loss is computed
+        here rather than by the caller so that DistributedDataParallel, which wraps `forward`,
+        sees the whole step.
         """
         start = caches[0].length if caches else 0
         length = token_ids.size(1)
         if start + length > self.config.context_length:
-            raise ValueError(
-                f"{start + length} tokens exceed the context length {self.config.context_length}"
-            )
+            raise ValueError(f"{start + length} tokens exceed the context length {self.config.context_length}")
         positions = torch.arange(start, start + length, device=token_ids.device)
         x = self.dropout(self.token_embedding(token_ids) + self.position_embedding(positions))
         for index, block in enumerate(self.blocks):
             x = block(x, caches[index] if caches else None)
-        x = self.final_norm(x)
+        x = self.final_norm(x)  # (batch, length, embed_dim)
         if targets is None:
-            return self.lm_head(x)
-        return self.next_token_loss(x.flatten(0, 1), targets.flatten())
+            return F.linear(x, self.output_weight)[..., : self.config.vocab_size]
+        if x.device.type == "cpu":
+            return chunked_cross_entropy(x.flatten(0, 1), self.output_weight, targets.flatten(), self.config.vocab_size)
+        logits = F.linear(x, self.output_weight)[..., : self.config.vocab_size]
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
-    def next_token_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the LM head's predictions, a slice of positions at a time.
 
-        A whole batch of logits is huge (32 x 256 positions x 50,304 ids = 1.6 GB in fp32), and
-        the memory allocator hands buffers that big back to the system, so every step would
-        page-fault gigabytes in again. Slices of LOSS_SLICE positions stay small enough to be
-        reused, and each slice's logits are recomputed in the backward pass instead of stored.
-        """
-        nats = sum(
-            checkpoint(self._summed_loss, hidden[start : start + LOSS_SLICE], targets[start : start + LOSS_SLICE],
-                       use_reentrant=False)
-            for start in range(0, len(targets), LOSS_SLICE)
-        )
-        return nats / len(targets)
+# Positions per slice of `chunked_cross_entropy`: 2,048 x 50,304 fp32 logits = 412 MB. Larger
+# slices make faster matrix products; bench/train_throughput.py measured 512 to 2,048.
+LOSS_SLICE = 2048
 
-    def _summed_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.lm_head(hidden).float(), targets, reduction="sum")
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    """Mean cross-entropy of the logits `hidden @ weight.T`, without ever holding all of them.
+
+    A batch's logits are huge (32 x 256 positions x 50,304 ids = 1.6 GB in fp32), and a CPU
+    spends more time moving them through memory than multiplying. This computes the loss a
+    slice of positions at a time and, in the same pass, the slice's gradients, so each slice's
+    logits are used and dropped while still in cache: no logits are stored for the backward
+    pass, and none are recomputed. On a GPU, where memory bandwidth is plentiful, the plain
+    F.cross_entropy on full logits is faster (`GPT.forward` picks).
+    """
+    return _ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size) / len(targets)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T`, with its gradients computed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        # Under bf16 autocast the products run in bf16 (as nn.Linear's would); sums stay fp32.
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
+        with torch.autocast("cpu", enabled=False):
+            compute_grads = any(ctx.needs_input_grad[:2])
+            exact = torch.promote_types(torch.float32, weight.dtype)  # the dtype of logits and sums
+            weight_c = weight.to(dtype)
+            total = torch.zeros((), dtype=exact)
+            grad_hidden = torch.empty_like(hidden) if compute_grads else None
+            grad_weight = torch.zeros(weight.shape, dtype=exact) if compute_grads else None
+            for start in range(0, len(targets), LOSS_SLICE):
+                rows = slice(start, start + LOSS_SLICE)
+                hidden_c, target = hidden[rows].to(dtype), targets[rows]
+                logits = (hidden_c @ weight_c.T).to(exact)  # (slice, padded_vocab_size)
+                logits[:, vocab_size:] = -math.inf  # padding ids get probability 0
+                log_normalizer = torch.logsumexp(logits, dim=1)  # (slice,)
+                total += (log_normalizer - logits.gather(1, target[:, None]).squeeze(1)).sum()
+                if compute_grads:
+                    # d(loss)/d(logits) = softmax(logits) - one_hot(target), built in place
+                    grad_logits = logits.sub_(log_normalizer[:, None]).exp_()
+                    grad_logits[torch.arange(len(target)), target] -= 1
+                    grad_logits = grad_logits.to(dtype)
+                    grad_hidden[rows] = grad_logits @ weight_c
+                    grad_weight += grad_logits.T @ hidden_c
+        if compute_grads:
+            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_total, grad_weight * grad_total, None, None

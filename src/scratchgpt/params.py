@@ -93,6 +93,7 @@ class ModelParams:
     context_length: int = positive()
     dropout_rate: float = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
     vocab_multiple: int = positive()
+    tie_embeddings: bool
 
     def check(self, section: str) -> None:
         if self.attention_dim % self.num_heads:
@@ -110,8 +111,10 @@ class TrainParams:
     num_epochs: int = positive()
     batch_size: int = positive()
     warmup_steps: int = non_negative()
-    max_lr: float = positive()
+    max_lr: float | None = positive()
     min_lr: float = non_negative()
+    beta1: float = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
+    beta2: float = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
     eval_freq: int = positive()
     eval_batches: int = positive()
     gradient_clip: float = positive()
@@ -124,11 +127,15 @@ class TrainParams:
     num_threads: int | None = positive()
     processes: int = positive()
 
+    @property
+    def peak_lr(self) -> float:
+        """The rate warmup rises to: max_lr, or learning_rate where max_lr is null."""
+        return self.learning_rate if self.max_lr is None else self.max_lr
+
     def check(self, section: str) -> None:
-        if self.min_lr > self.max_lr:
-            raise bad_value(
-                f"{section}.min_lr", self.min_lr, f"must be <= {section}.max_lr = {self.max_lr}"
-            )
+        if self.min_lr > self.peak_lr:
+            peak = "max_lr" if self.max_lr is not None else "learning_rate"
+            raise bad_value(f"{section}.min_lr", self.min_lr, f"must be <= {section}.{peak} = {self.peak_lr}")
         if self.max_steps is not None and self.warmup_steps >= self.max_steps:
             raise bad_value(
                 f"{section}.warmup_steps",

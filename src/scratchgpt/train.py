@@ -33,12 +33,14 @@ from scratchgpt.tokens import Windows
 
 
 def learning_rate_at(step: int, total_steps: int, settings: TrainParams) -> float:
-    """The learning rate of optimizer step `step` (0-based) in a run of `total_steps`."""
+    """The learning rate of optimizer step `step` (0-based) in a run of `total_steps`: a linear
+    rise from 0 to the peak over `warmup_steps`, then a cosine down to `min_lr` at the last step."""
+    peak = settings.peak_lr
     if step < settings.warmup_steps:
-        return settings.learning_rate + (settings.max_lr - settings.learning_rate) * step / settings.warmup_steps
+        return peak * (step + 1) / (settings.warmup_steps + 1)
     decay_steps = max(1, total_steps - 1 - settings.warmup_steps)
     done = min(1.0, (step - settings.warmup_steps) / decay_steps)
-    return settings.min_lr + 0.5 * (settings.max_lr - settings.min_lr) * (1 + math.cos(math.pi * done))
+    return settings.min_lr + 0.5 * (peak - settings.min_lr) * (1 + math.cos(math.pi * done))
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainParams) -> torch.optim.AdamW:
@@ -48,7 +50,7 @@ def make_optimizer(model: torch.nn.Module, settings: TrainParams) -> torch.optim
         {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": settings.weight_decay},
         {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=settings.learning_rate, foreach=True)
+    return torch.optim.AdamW(groups, lr=settings.peak_lr, betas=(settings.beta1, settings.beta2), foreach=True)
 
 
 @dataclass
