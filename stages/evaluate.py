@@ -4,7 +4,7 @@ from pathlib import Path
 
 from scratchgpt import params, stage
 from scratchgpt.checkpoint import load_model
-from scratchgpt.devices import configure_cpu, pick_device, use_bf16
+from scratchgpt.devices import prepare
 from scratchgpt.evaluation import score, token_byte_lengths
 from scratchgpt.outputs import write_json
 from scratchgpt.tokens import TokenShards, Windows, get_encoding
@@ -14,12 +14,10 @@ SPLITS = {"imdb_test": ("imdb", "test"), "lyrics_val": ("lyrics", "val")}
 
 def main(pretrained: Path, finetuned: Path, tokens: Path, out: Path) -> None:
     settings = params.load("evaluate").evaluate
-    configure_cpu(None)
-    device = pick_device(settings.device, "evaluate.device")
-    bf16 = use_bf16(settings.precision, device, "evaluate.precision")
+    runtime = prepare(settings.device, settings.precision, None, "evaluate")
     results = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
-        model, tokenizer = load_model(folder, device)
+        model, tokenizer = load_model(folder, runtime.device)
         byte_lengths = token_byte_lengths(get_encoding(tokenizer.encoding))
         results[name] = {}
         for label, (corpus, split) in SPLITS.items():
@@ -27,7 +25,7 @@ def main(pretrained: Path, finetuned: Path, tokens: Path, out: Path) -> None:
             shards.require_encoding(tokenizer.encoding, folder)
             windows = Windows(shards, model.config.context_length)
             indices = windows.evenly_spaced(max(1, settings.max_tokens // windows.length))
-            result = score(model, windows, indices, settings.batch_size, device, bf16, byte_lengths)
+            result = score(model, windows, indices, settings.batch_size, runtime, byte_lengths)
             results[name][label] = result.to_dict()
             print(f"{name} on {label}: loss {result.loss:.4f}, perplexity {result.perplexity:.1f}, "
                   f"{result.bits_per_byte:.4f} bits per byte over {result.tokens:,} tokens")

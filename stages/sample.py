@@ -7,7 +7,7 @@ import torch
 
 from scratchgpt import params, stage
 from scratchgpt.checkpoint import load_model
-from scratchgpt.devices import configure_cpu, pick_device
+from scratchgpt.devices import prepare
 from scratchgpt.generate import generate, text_to_token_ids
 from scratchgpt.outputs import atomic_file
 from scratchgpt.params import bad_value
@@ -21,8 +21,7 @@ def cell(text: str) -> str:
 
 def main(pretrained: Path, finetuned: Path, out: Path) -> None:
     settings = params.load("sample").sample
-    configure_cpu(None)
-    device = pick_device(settings.device, "sample.device")
+    device = prepare(settings.device, "fp32", None, "sample").device
     columns = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
         model, tokenizer = load_model(folder, device)

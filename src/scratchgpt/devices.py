@@ -6,10 +6,43 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+from dataclasses import dataclass
 
 import torch
 
+from scratchgpt import distributed
 from scratchgpt.errors import ScratchGPTError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device this process computes on, and whether it runs matrix products in bf16."""
+
+    device: torch.device
+    bf16: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Matrix products in bf16, reductions such as the loss in fp32; a no-op when bf16 is off."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the device; to a GPU through pinned memory, so the copy overlaps the GPU's work."""
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+
+def prepare(device: str, precision: str, num_threads: int | None, section: str) -> Runtime:
+    """Set up a stage's maths from its `device`, `precision` and `num_threads` params.
+
+    Under torchrun, each process takes its own GPU. On a GPU, fp32 matrix products use
+    TensorFloat-32 (10-bit mantissa inputs, fp32 sums), as they do in most GPU training.
+    """
+    configure_cpu(num_threads)
+    picked = distributed.start(pick_device(device, f"{section}.device"))
+    if picked.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return Runtime(picked, use_bf16(precision, picked, f"{section}.precision"))
 
 
 def pick_device(requested: str, key: str) -> torch.device:
@@ -49,11 +82,6 @@ def use_bf16(precision: str, device: torch.device, key: str) -> bool:
     if precision == "bf16" and not supports_bf16(device):
         raise ScratchGPTError(f"params.yaml: {key} = 'bf16': {device.type} here has no bf16 support")
     return precision == "bf16" or (precision == "auto" and supports_bf16(device))
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """Matrix products in bf16, reductions such as the loss in fp32; a no-op when `bf16` is off."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def configure_cpu(num_threads: int | None) -> None:

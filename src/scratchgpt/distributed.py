@@ -60,9 +60,13 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
-def mean(value: float, device: torch.device) -> float:
-    """The average of `value` over all processes."""
-    return sum_all([value], device)[0] / world_size()
+def mean_all(values: torch.Tensor, device: torch.device) -> list[float]:
+    """Element-wise averages of `values` (a tensor on `device`) over all processes."""
+    if world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= world_size()
+    return values.tolist()
 
 
 def sum_all(values: list[float], device: torch.device) -> list[float]:

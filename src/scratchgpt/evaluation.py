@@ -14,7 +14,7 @@ import numpy as np
 import tiktoken
 import torch
 
-from scratchgpt.devices import autocast
+from scratchgpt.devices import Runtime
 from scratchgpt.tokens import Windows
 
 
@@ -55,21 +55,21 @@ def score(
     windows: Windows,
     indices: list[int],
     batch_size: int,
-    device: torch.device,
-    bf16: bool = False,
+    runtime: Runtime,
     byte_lengths: np.ndarray | None = None,
 ) -> Score:
     """Next-token cross-entropy over the windows `indices`, with dropout off."""
     was_training = model.training
     model.eval()
-    nats, tokens, size = 0.0, 0, 0
+    nats = torch.zeros((), dtype=torch.float64, device=runtime.device)  # summed on the device: one read at the end
+    tokens, size = 0, 0
     for start in range(0, len(indices), batch_size):
         inputs, targets = windows.batch(indices[start : start + batch_size])
-        with autocast(device, bf16):
-            loss = model(inputs.to(device), targets=targets.to(device))
-        nats += loss.item() * targets.numel()
+        with runtime.autocast():
+            loss = model(runtime.to_device(inputs), targets=runtime.to_device(targets))
+        nats += loss.double() * targets.numel()
         tokens += targets.numel()
         if byte_lengths is not None:
             size += int(byte_lengths[targets.numpy()].sum())
     model.train(was_training)
-    return Score(nats, tokens, size)
+    return Score(nats.item(), tokens, size)

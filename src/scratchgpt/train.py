@@ -1,10 +1,10 @@
 """The training loop that serves both pretraining and fine-tuning.
 
-AdamW (weight decay on matrices only), a learning rate that moves linearly from
-`learning_rate` to `max_lr` over `warmup_steps` and then follows a cosine down to `min_lr` at
-the last step, gradient clipping, a validation loss every `eval_freq` steps on the same fixed
-windows, early stopping after `patience` evaluations without a new best, and the best weights
-kept. An epoch is one pass over every training window in a seeded shuffled order.
+AdamW (weight decay on matrices only), a learning rate that rises linearly from 0 to its peak
+over `warmup_steps` and then follows a cosine down to `min_lr` at the last step, gradient
+clipping, a validation loss every `eval_freq` steps on the same fixed windows, early stopping
+after `patience` evaluations without a new best, and the best weights kept. An epoch is one
+pass over every training window in a seeded shuffled order.
 """
 
 from __future__ import annotations
@@ -14,19 +14,20 @@ import dataclasses
 import math
 import signal
 import time
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
 
 from scratchgpt import distributed, resume
-from scratchgpt.devices import autocast, configure_cpu, pick_device, use_bf16
+from scratchgpt.devices import Runtime, prepare
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.evaluation import score
+from scratchgpt.live_metrics import RunLog
 from scratchgpt.model import GPT
-from scratchgpt.outputs import atomic_dir
 from scratchgpt.params import TrainParams, bad_value
 from scratchgpt.progress import progress
 from scratchgpt.tokens import Windows
@@ -44,13 +45,19 @@ def learning_rate_at(step: int, total_steps: int, settings: TrainParams) -> floa
 
 
 def make_optimizer(model: torch.nn.Module, settings: TrainParams) -> torch.optim.AdamW:
-    """AdamW that decays weight matrices and embeddings, never biases or LayerNorm gains."""
+    """AdamW that decays weight matrices and embeddings, never biases or LayerNorm gains.
+
+    On a GPU, the fused kernel updates every parameter in one launch.
+    """
     parameters = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": settings.weight_decay},
         {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=settings.peak_lr, betas=(settings.beta1, settings.beta2), foreach=True)
+    on_gpu = parameters[0].is_cuda
+    return torch.optim.AdamW(
+        groups, lr=settings.peak_lr, betas=(settings.beta1, settings.beta2), foreach=not on_gpu, fused=on_gpu
+    )
 
 
 @dataclass
@@ -67,6 +74,26 @@ class TrainResult:
     tokens_seen: int = 0
     evaluations_since_best: int = 0
     stopped_early: bool = False
+
+    def record_evaluation(self, val_loss: float, patience: int) -> bool:
+        """Note a validation loss at the current step; return whether it is a new best."""
+        improved = val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_step, self.evaluations_since_best = val_loss, self.steps, 0
+        else:
+            self.evaluations_since_best += 1
+        self.stopped_early = self.evaluations_since_best >= patience
+        return improved
+
+    def summary(self) -> dict[str, float | int | bool]:
+        return {
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "final_train_loss": self.history[-1]["train_loss"],
+            "steps": self.steps,
+            "tokens_seen": self.tokens_seen,
+            "stopped_early": self.stopped_early,
+        }
 
 
 def plan_steps(windows: Windows, settings: TrainParams, section: str) -> tuple[int, int]:
@@ -94,6 +121,68 @@ def plan_steps(windows: Windows, settings: TrainParams, section: str) -> tuple[i
     return steps_per_epoch, total
 
 
+def batches(
+    windows: Windows, settings: TrainParams, first_step: int, total_steps: int, runtime: Runtime
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(step, inputs, targets) for each step from `first_step`: this process's share of the
+    step's windows, in the epoch's seeded order, so a resumed run sees what an uninterrupted
+    one would."""
+    steps_per_epoch = windows.count // settings.batch_size
+    rank, processes = distributed.rank(), distributed.world_size()
+    order = windows.shuffled(settings.seed, first_step // steps_per_epoch)
+    for step in range(first_step, total_steps):
+        epoch, position = divmod(step, steps_per_epoch)
+        if position == 0 and step != first_step:
+            order = windows.shuffled(settings.seed, epoch)
+        batch = order[position * settings.batch_size : (position + 1) * settings.batch_size]
+        inputs, targets = windows.batch(batch[rank::processes])
+        yield step, runtime.to_device(inputs), runtime.to_device(targets)
+
+
+class LossReadout:
+    """Training losses kept on the device and read back in one transfer when they are needed.
+
+    Reading a GPU tensor's value (`loss.item()`) makes the CPU wait for the GPU to finish, so
+    doing it every step leaves the GPU idle while the next step is prepared. Losses are read
+    at evaluations, on Ctrl-C and at the end: with every process's loss averaged in one
+    all-reduce under DDP.
+    """
+
+    def __init__(self, section: str, vocab_size: int):
+        self.section = section
+        self.pending: list[tuple[dict[str, float | int], torch.Tensor]] = []
+        # A fresh model's loss is about ln(vocab); a loss far above it means the run diverges.
+        self.diverging_above = 2 * math.log(vocab_size)
+        self.warned = False
+
+    def add(self, row: dict[str, float | int], loss: torch.Tensor) -> None:
+        self.pending.append((row, loss.detach()))
+
+    def read(self, device: torch.device) -> list[dict[str, float | int]]:
+        """The pending rows with their `train_loss` filled in; refuse a non-finite loss."""
+        if not self.pending:
+            return []
+        losses = torch.stack([loss for _, loss in self.pending]).double()
+        values = distributed.mean_all(losses, device)
+        rows = [row | {"train_loss": value} for (row, _), value in zip(self.pending, values)]
+        self.pending = []
+        for row in rows:
+            if not math.isfinite(row["train_loss"]):
+                raise ScratchGPTError(
+                    f"{self.section}: the loss became {row['train_loss']} at step {row['step']}; "
+                    f"lower {self.section}.max_lr"
+                )
+            if row["train_loss"] > self.diverging_above and not self.warned:
+                self.warned = True
+                warnings.warn(
+                    f"{self.section}: the training loss is {row['train_loss']:.1f} at step {row['step']}, above "
+                    f"{self.diverging_above:.1f} (twice an untrained model's): the run is diverging; "
+                    f"lower {self.section}.max_lr",
+                    stacklevel=2,
+                )
+        return rows
+
+
 class _StopOnInterrupt:
     """Ctrl-C lets the current step finish, so the saved state is whole, then stops the run."""
 
@@ -117,87 +206,70 @@ def train(
     settings: TrainParams,
     section: str,
     state_dir: Path | None = None,
+    metrics_dir: Path | None = None,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the weights of the best validation step.
 
     With `state_dir`, the state is saved there at every evaluation and on Ctrl-C, and a run
     that finds a saved state resumes from it and ends exactly as an uninterrupted run would.
+    With `metrics_dir`, the curves are logged there with DVCLive as the run goes.
     """
-    configure_cpu(settings.num_threads)
-    device = distributed.start(pick_device(settings.device, f"{section}.device"))
-    bf16 = use_bf16(settings.precision, device, f"{section}.precision")
+    runtime = prepare(settings.device, settings.precision, settings.num_threads, section)
     steps_per_epoch, total_steps = plan_steps(train_windows, settings, section)
     rank, processes = distributed.rank(), distributed.world_size()
     torch.manual_seed(settings.seed)  # dropout
-    model.to(device).train()
+    model.to(runtime.device).train()
     optimizer = make_optimizer(model, settings)
     replicated = DistributedDataParallel(model) if processes > 1 else model
+    # Training and validation batches have the same shape, so one compiled graph serves both.
     forward = torch.compile(replicated) if settings.compile else replicated
-    val_indices = val_windows.evenly_spaced(settings.eval_batches * settings.batch_size)
+    val_indices = val_windows.evenly_spaced(settings.eval_batches * settings.batch_size)[rank::processes]
     tokens_per_step = settings.batch_size * train_windows.length
 
-    result = TrainResult()
-    best_weights = copy.deepcopy(model.state_dict())
+    result, best_weights = TrainResult(), copy.deepcopy(model.state_dict())
     restored = resume.load_state(state_dir, model, optimizer) if state_dir else None
     if restored:
         best_weights, progress_so_far = restored
         result = TrainResult(**progress_so_far)
         if rank == 0:
             print(f"{section}: resuming at step {result.steps} from {state_dir}", flush=True)
+    losses = LossReadout(section, model.config.vocab_size)
+    log = RunLog(metrics_dir if rank == 0 else None, result.history)
     bar = progress(total=total_steps, initial=result.steps, desc=section, unit="step", disable=None if rank == 0 else True)
     started, first_step = time.perf_counter(), result.steps
     with _StopOnInterrupt() as interrupt:
-        for step in range(result.steps, total_steps):
-            epoch, position = divmod(step, steps_per_epoch)
-            if position == 0 or step == first_step:
-                order = train_windows.shuffled(settings.seed, epoch)
-            batch = order[position * settings.batch_size : (position + 1) * settings.batch_size]
-            inputs, targets = train_windows.batch(batch[rank::processes])  # this process's share
+        for step, inputs, targets in batches(train_windows, settings, result.steps, total_steps, runtime):
             lr = learning_rate_at(step, total_steps, settings)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(device, bf16):
-                loss = forward(inputs.to(device), targets=targets.to(device))
-            if not torch.isfinite(loss):
-                raise ScratchGPTError(
-                    f"{section}: the loss became {loss.item()} at step {step + 1}; "
-                    f"lower {section}.max_lr or {section}.learning_rate"
-                )
+            with runtime.autocast():
+                loss = forward(inputs, targets=targets)
             loss.backward()  # under DDP, also averages the gradients over processes
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            result.steps, result.tokens_seen = step + 1, result.tokens_seen + tokens_per_step
+            losses.add({"step": result.steps, "learning_rate": lr, "tokens_seen": result.tokens_seen}, loss)
 
-            result.steps = step + 1
-            result.tokens_seen += tokens_per_step
-            row: dict[str, float | int] = {
-                "step": result.steps,
-                "train_loss": distributed.mean(loss.item(), device),
-                "learning_rate": lr,
-                "tokens_seen": result.tokens_seen,
-            }
             evaluate = result.steps % settings.eval_freq == 0 or result.steps == total_steps
-            if evaluate:
-                mine = score(forward, val_windows, val_indices[rank::processes], settings.batch_size, device, bf16)
-                nats, tokens = distributed.sum_all([mine.nats, mine.tokens], device)
-                row["val_loss"] = nats / tokens
-                if row["val_loss"] < result.best_val_loss:
-                    result.best_val_loss, result.best_step = row["val_loss"], result.steps
-                    best_weights = copy.deepcopy(model.state_dict())
-                    result.evaluations_since_best = 0
-                else:
-                    result.evaluations_since_best += 1
-                result.stopped_early = result.evaluations_since_best >= settings.patience
-            result.history.append(row)
-            if state_dir and rank == 0 and (evaluate or interrupt.requested):
-                resume.save_state(state_dir, model, optimizer, best_weights, dataclasses.asdict(result))
+            if evaluate or interrupt.requested or not runtime.device.type == "cuda":
+                rows = losses.read(runtime.device)
+                if evaluate:
+                    mine = score(forward, val_windows, val_indices, settings.batch_size, runtime)
+                    nats, tokens = distributed.sum_all([mine.nats, mine.tokens], runtime.device)
+                    rows[-1]["val_loss"] = nats / tokens
+                    if result.record_evaluation(nats / tokens, settings.patience):
+                        best_weights = copy.deepcopy(model.state_dict())
+                result.history += rows
+                log.log(rows)
+                bar.set_postfix(
+                    loss=f"{rows[-1]['train_loss']:.3f}",
+                    best_val=f"{result.best_val_loss:.3f}",
+                    tok_s=f"{(result.steps - first_step) * tokens_per_step / (time.perf_counter() - started):,.0f}",
+                )
+                if state_dir and rank == 0 and (evaluate or interrupt.requested):
+                    resume.save_state(state_dir, model, optimizer, best_weights, dataclasses.asdict(result))
             bar.update()
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(
-                loss=f"{row['train_loss']:.3f}",
-                best_val=f"{result.best_val_loss:.3f}",
-                tok_s=f"{(result.steps - first_step) * tokens_per_step / elapsed:,.0f}",
-            )
             if interrupt.requested:
                 saved = f": state saved in {state_dir}; `dvc repro` resumes" if state_dir else ""
                 bar.write(f"interrupted at step {result.steps}{saved}")
@@ -205,29 +277,7 @@ def train(
             if result.stopped_early:
                 break
     bar.close()
+    log.finish(result.summary())
     model.load_state_dict(best_weights)
     distributed.stop()
     return result
-
-
-def write_metrics(result: TrainResult, folder: str | Path) -> None:
-    """The run's curves and summary in DVCLive's layout, written whole at the end.
-
-    Logging after the run (rather than step by step) keeps an interrupted run from leaving
-    half a curve behind, and the files hold no timestamps: the same run gives the same bytes.
-    """
-    with atomic_dir(folder) as tmp:
-        with Live(str(tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-            for row in result.history:
-                live.step = row["step"]
-                for name in ("train_loss", "val_loss", "learning_rate", "tokens_seen"):
-                    if name in row:
-                        live.log_metric(name, row[name])
-            live.summary = {
-                "best_val_loss": result.best_val_loss,
-                "best_step": result.best_step,
-                "final_train_loss": result.history[-1]["train_loss"],
-                "steps": result.steps,
-                "tokens_seen": result.tokens_seen,
-                "stopped_early": result.stopped_early,
-            }
