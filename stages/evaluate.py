@@ -1,12 +1,14 @@
 """evaluate: loss, perplexity and bits per byte of both models on IMDb test and lyrics validation."""
 
+import math
 from pathlib import Path
 
 from scratchgpt import params, stage
 from scratchgpt.checkpoint import load_model
 from scratchgpt.devices import prepare
+from scratchgpt.errors import warn
 from scratchgpt.evaluation import score, token_byte_lengths
-from scratchgpt.outputs import write_json
+from scratchgpt.outputs import atomic_file, write_json
 from scratchgpt.tokens import TokenShards, Windows, get_encoding
 
 SPLITS = {"imdb_test": ("imdb", "test"), "lyrics_val": ("lyrics", "val")}
@@ -27,9 +29,13 @@ def main(pretrained: Path, finetuned: Path, tokens: Path, out: Path) -> None:
             indices = windows.evenly_spaced(max(1, settings.max_tokens // windows.length))
             result = score(model, windows, indices, settings.batch_size, runtime, byte_lengths)
             results[name][label] = result.to_dict()
+            if not math.isfinite(result.perplexity):
+                warn(f"{name} on {label}: loss {result.loss:.4g} is too large for a perplexity; "
+                     f"did training diverge? (see {folder})")
             print(f"{name} on {label}: loss {result.loss:.4f}, perplexity {result.perplexity:.1f}, "
                   f"{result.bits_per_byte:.4f} bits per byte over {result.tokens:,} tokens")
-    write_json(out, results)
+    with atomic_file(out) as tmp:
+        write_json(tmp, results)
 
 
 if __name__ == "__main__":

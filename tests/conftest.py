@@ -85,8 +85,12 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A fresh git + DVC repository holding a copy of the project with tiny params."""
+    return make_project(tmp_path / "repo")
+
+
+def make_project(repo: Path) -> Path:
+    """Create `repo`: a git + DVC repository holding a copy of the project with tiny params."""
     requires_data()
-    repo = tmp_path / "repo"
     repo.mkdir()
     for name in ("dvc.yaml", "stages", "src", ".gitignore"):
         source = ROOT / name

@@ -1,21 +1,170 @@
-"""Stages refuse bad inputs with one line naming the file or key, a non-zero exit, and no output."""
+"""Stages refuse bad inputs with one line naming the file or key, a non-zero exit, and no output.
+
+One tiny pipeline is run once for the module; each case damages one thing, runs one stage,
+and is undone afterwards, so one failing case does not hide the others.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 
-from conftest import DVC, run, tiny_params
+from conftest import DVC, make_project, run, tiny_params
+
+OUTPUTS = ("out", "out.md", "out.json", "out_metrics")
 
 
-def stage(repo, name: str, *args: str):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    repo = make_project(tmp_path_factory.mktemp("bad_input") / "repo")
+    run([*DVC, "repro", "finetune"], repo)
+    return repo
+
+
+@pytest.fixture
+def project(trained, tmp_path):
+    """The trained project; params.yaml and the token files a case damages are put back after."""
+    kept = [trained / "params.yaml", trained / "data/tokens/lyrics/meta.json", *_shards(trained)]
+    saved = {path: path.read_bytes() for path in kept}
+    yield trained
+    for path, content in saved.items():
+        path.chmod(0o644)
+        path.write_bytes(content)
+    for name in OUTPUTS:
+        assert not (trained / name).exists(), f"{name} was written"
+
+
+def _shards(repo: Path) -> list[Path]:
+    meta = json.loads((repo / "data/tokens/imdb/meta.json").read_text())
+    return [repo / "data/tokens/imdb" / meta["splits"]["train"]["shards"][0]]
+
+
+def stage(repo: Path, name: str, *args: str):
     return run([sys.executable, "-m", f"stages.{name}", *args], repo, check=False)
 
 
-def refused(result, *words: str) -> None:
+def set_params(repo: Path, **overrides) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(**overrides), sort_keys=False))
+
+
+def damage(path: Path, content: bytes) -> None:
+    path.chmod(0o644)  # DVC leaves its outputs read-only
+    path.write_bytes(content)
+
+
+def missing_source(repo, tmp):
+    set_params(repo, data={"imdb": {"source": str(tmp / "nowhere")}})
+    return stage(repo, "download", "out"), ["data.imdb.source", "no such file or folder"]
+
+
+def empty_lyrics(repo, tmp):
+    (tmp / "empty.txt").write_text("\n\n\n")
+    set_params(repo, data={"lyrics": {"source": str(tmp / "empty.txt")}})
+    return stage(repo, "download", "out"), ["data.lyrics.source", "no documents"]
+
+
+def latin1_lyrics(repo, tmp):
+    (tmp / "latin1.txt").write_bytes("Caf\xe9 song".encode("latin-1"))
+    set_params(repo, data={"lyrics": {"source": str(tmp / "latin1.txt")}})
+    return stage(repo, "download", "out"), ["latin1.txt", "not UTF-8"]
+
+
+def nothing_left_after_cleaning(repo, tmp):
+    (tmp / "persian.txt").write_text("بنی آدم اعضای یکدیگرند\n\n\nکه در آفرینش ز یک گوهرند\n")
+    set_params(repo, data={"lyrics": {"source": str(tmp / "persian.txt")}})
+    assert stage(repo, "download", str(tmp / "raw")).returncode == 0
+    return stage(repo, "clean", str(tmp / "raw"), "out"), ["lyrics train split is empty after cleaning"]
+
+
+def unknown_key(repo, tmp):
+    set_params(repo, train={"max_lrr": 1.0})
+    return stage(repo, "pretrain", "data/tokens", "out", "out_metrics"), ["train.max_lrr", "did you mean train.max_lr"]
+
+
+def bad_top_p(repo, tmp):
+    set_params(repo, sample={"top_p": 1.5})
+    return stage(repo, "sample", "models/pretrained", "models/finetuned", "out.md"), ["sample.top_p"]
+
+
+def infinite_temperature(repo, tmp):
+    set_params(repo, sample={"temperature": float("inf")})
+    return stage(repo, "sample", "models/pretrained", "models/finetuned", "out.md"), ["sample.temperature", "finite"]
+
+
+def huge_seed(repo, tmp):
+    set_params(repo, sample={"seed": 2**64})
+    return stage(repo, "sample", "models/pretrained", "models/finetuned", "out.md"), ["sample.seed"]
+
+
+def batch_that_does_not_split(repo, tmp):
+    set_params(repo, train={"processes": 3})
+    return (stage(repo, "pretrain", "data/tokens", "out", "out_metrics"),
+            ["train.batch_size = 4", "must split evenly over train.processes = 3"])
+
+
+def prompt_too_long(repo, tmp):
+    set_params(repo, sample={"prompts": ["word " * 100]})
+    return (stage(repo, "sample", "models/pretrained", "models/finetuned", "out.md"),
+            ["sample.prompts[0]", "a prompt needs 1 to 32"])
+
+
+def _broken_model(repo, tmp) -> Path:
+    broken = tmp / "broken_model"
+    broken.mkdir()
+    (broken / "config.json").write_text((repo / "models/pretrained/config.json").read_text())
+    return broken
+
+
+def missing_weights(repo, tmp):
+    broken = _broken_model(repo, tmp)
+    return (stage(repo, "finetune", str(broken), "data/tokens", "out", "out_metrics"),
+            ["model.safetensors: not found"])
+
+
+def corrupted_weights(repo, tmp):
+    broken = _broken_model(repo, tmp)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    return stage(repo, "evaluate", str(broken), "models/finetuned", "data/tokens", "out.json"), ["corrupted"]
+
+
+def model_is_a_file(repo, tmp):
+    return (stage(repo, "evaluate", "models/pretrained/config.json", "models/finetuned", "data/tokens", "out.json"),
+            ["config.json: not a folder"])
+
+
+def tokens_of_another_encoding(repo, tmp):
+    meta = repo / "data/tokens/lyrics/meta.json"
+    damage(meta, json.dumps({**json.loads(meta.read_text()), "encoding": "r50k_base"}).encode())
+    return (stage(repo, "evaluate", "models/pretrained", "models/finetuned", "data/tokens", "out.json"),
+            ["tokens are 'r50k_base'", "reads 'gpt2'"])
+
+
+def truncated_shard(repo, tmp):
+    [shard] = _shards(repo)
+    damage(shard, shard.read_bytes()[:-10])
+    return stage(repo, "pretrain", "data/tokens", "out", "out_metrics"), ["truncated or damaged shard"]
+
+
+def unwritable_output(repo, tmp):
+    (tmp / "a_file").write_text("in the way")
+    return (stage(repo, "evaluate", "models/pretrained", "models/finetuned", "data/tokens", str(tmp / "a_file/out.json")),
+            ["a_file/out.json: cannot write this output here"])
+
+
+CASES = [missing_source, empty_lyrics, latin1_lyrics, nothing_left_after_cleaning, unknown_key, bad_top_p,
+         infinite_temperature, huge_seed, batch_that_does_not_split, prompt_too_long, missing_weights,
+         corrupted_weights, model_is_a_file, tokens_of_another_encoding, truncated_shard, unwritable_output]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", CASES, ids=[case.__name__ for case in CASES])
+def test_stage_refuses_bad_input(project, tmp_path, case):
+    result, words = case(project, tmp_path)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -24,61 +173,15 @@ def refused(result, *words: str) -> None:
 
 
 @pytest.mark.e2e
-def test_stages_refuse_bad_inputs(project, tmp_path):
-    run([*DVC, "repro", "finetune"], project)
-    params = tiny_params()
-
-    def set_params(**overrides):
-        (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**overrides), sort_keys=False))
-
-    # download: a missing source, and an empty one.
-    set_params(data={"imdb": {"source": str(tmp_path / "nowhere")}})
-    refused(stage(project, "download", "out"), "data.imdb.source", "no such file or folder")
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n\n\n")
-    set_params(data={"lyrics": {"source": str(empty)}})
-    refused(stage(project, "download", "out"), "data.lyrics.source", "no documents")
-
-    # clean: a corpus with nothing left after the ASCII-only rule.
-    persian = tmp_path / "persian.txt"
-    persian.write_text("بنی آدم اعضای یکدیگرند\n\n\nکه در آفرینش ز یک گوهرند\n")
-    set_params(data={"lyrics": {"source": str(persian)}})
-    assert stage(project, "download", "raw_persian").returncode == 0
-    refused(stage(project, "clean", "raw_persian", "out"), "lyrics train split is empty after cleaning")
-
-    # params: an unknown key, a typo'd value.
-    set_params(train={"max_lrr": 1.0})
-    refused(stage(project, "pretrain", "data/tokens", "out", "out_metrics"), "train.max_lrr", "did you mean train.max_lr")
-    set_params(sample={"top_p": 1.5})
-    refused(stage(project, "sample", "models/pretrained", "models/finetuned", "out.md"), "sample.top_p")
-
-    # sample: a prompt longer than the model's context.
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    set_params(sample={"prompts": ["word " * 100]})
-    refused(stage(project, "sample", "models/pretrained", "models/finetuned", "out.md"),
-            "sample.prompts[0]", "a prompt needs 1 to 32")
-
-    # finetune and evaluate: model folders with missing or corrupted weights.
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    broken = tmp_path / "broken_model"
-    broken.mkdir()
-    (broken / "config.json").write_text((project / "models/pretrained/config.json").read_text())
-    refused(stage(project, "finetune", str(broken), "data/tokens", "out", "out_metrics"), "model.safetensors: not found")
-    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
-    refused(stage(project, "evaluate", str(broken), "models/finetuned", "data/tokens", "out.json"), "corrupted")
-
-    # evaluate: shards from another encoding than the model's; pretrain: a truncated shard.
-    meta_path = project / "data/tokens/lyrics/meta.json"
-    original_meta = meta_path.read_text()
-    meta_path.chmod(0o644)
-    meta_path.write_text(json.dumps({**json.loads(original_meta), "encoding": "r50k_base"}))
-    refused(stage(project, "evaluate", "models/pretrained", "models/finetuned", "data/tokens", "out.json"),
-            "tokens are 'r50k_base'", "reads 'gpt2'")
-    meta_path.write_text(original_meta)
-    shard = project / "data/tokens/imdb" / json.loads((project / "data/tokens/imdb/meta.json").read_text())["splits"]["train"]["shards"][0]
-    shard.chmod(0o644)
-    shard.write_bytes(shard.read_bytes()[:-10])
-    refused(stage(project, "pretrain", "data/tokens", "out", "out_metrics"), "truncated or damaged shard")
-
-    for name in ("out", "out.md", "out.json", "out_metrics"):
-        assert not (project / name).exists(), name
+def test_evaluate_scores_a_diverged_model(project, tmp_path):
+    diverged = tmp_path / "diverged"
+    diverged.mkdir()
+    (diverged / "config.json").write_text((project / "models/finetuned/config.json").read_text())
+    weights = load_file(project / "models/finetuned/model.safetensors")
+    weights["lm_head.weight"] = weights["lm_head.weight"] * 1e5  # logits far apart: a loss in the thousands
+    save_file(weights, diverged / "model.safetensors")
+    result = stage(project, "evaluate", "models/pretrained", str(diverged), "data/tokens", str(tmp_path / "e.json"))
+    assert result.returncode == 0, result.stderr
+    assert "too large for a perplexity" in result.stderr
+    scores = json.loads((tmp_path / "e.json").read_text())["finetuned"]
+    assert scores["imdb_test"]["loss"] > 1000 and scores["imdb_test"]["perplexity"] == float("inf")

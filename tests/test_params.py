@@ -60,6 +60,14 @@ def test_yaml_1_2_floats_are_numbers(tmp_path):
         ({"sample": {"temperature": -0.5}}, r"sample.temperature = -0.5: must be >= 0"),
         ({"evaluate": {"max_tokens": 0}}, r"evaluate.max_tokens = 0: must be > 0"),
         ({"trian": {"max_lr": 1.0}}, r"trian: unknown section; did you mean train\?"),
+        ({"train": {"seed": 2**64}}, r"train.seed = 18446744073709551616: must be from 0 to"),
+        ({"finetune": {"seed": -1}}, r"finetune.seed = -1: must be from 0 to"),
+        ({"sample": {"seed": 2**63}}, r"sample.seed = 9223372036854775808: must be from 0 to"),
+        ({"sample": {"temperature": float("inf")}}, r"sample.temperature = inf: must be a finite number"),
+        ({"sample": {"temperature": float("nan")}}, r"sample.temperature = nan: must be a finite number"),
+        ({"train": {"max_lr": float("inf")}}, r"train.max_lr = inf: must be a finite number"),
+        ({"train": {"processes": 3, "batch_size": 4}},
+         r"train.batch_size = 4: must split evenly over train.processes = 3"),
     ],
 )
 def test_bad_values_are_refused_in_one_line(tmp_path, overrides, message):

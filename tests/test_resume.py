@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import DVC, run, tiny_params
@@ -78,3 +79,59 @@ def test_changed_params_never_resume_stale_state(project):
     output = run([*DVC, "repro", "pretrain"], project).stdout
     assert "resuming" not in output
     assert stale.exists()  # another run's state: left alone, not resumed
+
+
+def _tiny_training_state(folder: Path):
+    from scratchgpt.model import GPT
+    from scratchgpt.resume import save_state
+
+    torch.manual_seed(0)
+    model = GPT(num_heads=2, vocab_size=64, embed_dim=16, attention_dim=16, num_blocks=1,
+                context_length=8, dropout_rate=0.0)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 8, dtype=torch.long), targets=torch.zeros(1, 8, dtype=torch.long)).backward()
+    optimizer.step()
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    save_state(folder, model, optimizer, best, {"steps": 3})
+    return model, optimizer
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda folder: _truncate(folder / "state.safetensors"),
+        lambda folder: (folder / "state.safetensors").write_bytes(b""),
+        lambda folder: (folder / "state.json").write_text("{half"),
+        lambda folder: (folder / "state.json").unlink(),
+        lambda folder: (folder / "state.json").write_text('{"progress": {}}'),
+    ],
+    ids=["truncated-tensors", "empty-tensors", "bad-json", "no-json", "json-missing-keys"],
+)
+def test_damaged_state_is_reported_discarded_and_training_starts_fresh(tmp_path, capsys, damage):
+    from scratchgpt.resume import load_state
+
+    folder = tmp_path / ".ckpt" / "pretrain-0123"
+    model, optimizer = _tiny_training_state(folder)
+    damage(folder)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert load_state(folder, model, optimizer) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged training state" in err[0] and str(folder) in err[0], err
+    assert not folder.exists()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+def test_state_of_another_shape_is_discarded(tmp_path, capsys):
+    from scratchgpt.model import GPT
+    from scratchgpt.resume import load_state
+
+    folder = tmp_path / "state"
+    _tiny_training_state(folder)
+    other = GPT(num_heads=2, vocab_size=64, embed_dim=32, attention_dim=32, num_blocks=1,
+                context_length=8, dropout_rate=0.0)
+    assert load_state(folder, other, torch.optim.AdamW(other.parameters())) is None
+    assert "has shape" in capsys.readouterr().err and not folder.exists()

@@ -160,3 +160,88 @@ def test_unreachable_hub_says_to_use_a_local_copy(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SourceError, match="point data.lyrics.source at a local copy"):
         load_lyrics(SourceParams(source="huggingartists/no-such-artist", revision=None, max_docs=None))
+
+
+def _flip(data: bytes, at: float) -> bytes:
+    """`data` with four bytes inverted at fraction `at` of its length."""
+    i = int(len(data) * at)
+    return data[:i] + bytes(b ^ 0xFF for b in data[i : i + 4]) + data[i + 4 :]
+
+
+def _bad_header(data: bytes, member_offset: int) -> bytes:
+    return data[:member_offset] + b"garbage!" + data[member_offset + 8 :]
+
+
+@pytest.mark.parametrize(
+    "suffix, damage",
+    [
+        ("tar.gz", lambda data, offset: _flip(data, 0.97)),  # read as a smaller corpus before
+        ("tar.gz", lambda data, offset: _flip(data, 0.5)),
+        ("tar.gz", lambda data, offset: data[: len(data) // 2]),
+        ("tar", lambda data, offset: data[:offset]),  # cut at a header: looked like the end
+        ("tar", _bad_header),
+    ],
+    ids=["gz-flipped-near-end", "gz-flipped-middle", "gz-truncated", "tar-cut-at-header", "tar-bad-header"],
+)
+def test_damaged_aclimdb_tarball_is_refused(tmp_path, suffix, damage):
+    folder = write_aclimdb(tmp_path / "unpacked")
+    archive = tmp_path / f"aclImdb_v1.{suffix}"
+    with tarfile.open(archive, "w:gz" if suffix == "tar.gz" else "w") as tar:
+        tar.add(folder, arcname="aclImdb")
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        offset = members[len(members) // 2].offset  # a header in the middle (uncompressed offset)
+    archive.write_bytes(damage(archive.read_bytes(), offset))
+    with pytest.raises(SourceError, match="not a readable tar archive") as error:
+        load_imdb(source(archive))
+    assert "\n" not in str(error.value)
+
+
+LATIN1 = "Caf\xe9 society, na\xefve plot".encode("latin-1")
+
+
+def _latin1_lyrics(tmp: Path) -> tuple[Path, object]:
+    path = tmp / "songs.txt"
+    path.write_bytes(b"First song\n\n\n" + LATIN1)
+    return path, load_lyrics
+
+
+def _latin1_review(tmp: Path) -> tuple[Path, object]:
+    folder = write_aclimdb(tmp)
+    (folder / "train" / "pos" / "9_9.txt").write_bytes(LATIN1)
+    return folder, load_imdb
+
+
+def _latin1_review_in_tarball(tmp: Path) -> tuple[Path, object]:
+    folder, _ = _latin1_review(tmp / "unpacked")
+    archive = tmp / "aclImdb_v1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="aclImdb")
+    return archive, load_imdb
+
+
+@pytest.mark.parametrize("make", [_latin1_lyrics, _latin1_review, _latin1_review_in_tarball])
+def test_text_that_is_not_utf8_is_refused_in_one_line(tmp_path, make):
+    path, load = make(tmp_path)
+    with pytest.raises(SourceError, match=r"not UTF-8 text \(byte 0xe9") as error:
+        load(source(path))
+    assert ("9_9.txt" in str(error.value) or "songs.txt" in str(error.value)) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["mylyrics.json", "lyrics", "data/songs.txt", "./coldplay"])
+def test_missing_local_path_is_not_called_a_hub_problem(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match="no such file or folder") as error:
+        load_lyrics(source(name))
+    assert "Hub" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "revision, warns",
+    [("refs/convert/parquet", True), ("main", True), (None, True), ("610bdae015434d0a02e81468da0abb51c2164bc8", False)],
+)
+def test_hub_revision_that_can_move_is_warned_about(monkeypatch, capsys, revision, warns):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceError):  # offline: the load itself fails after the check
+        load_lyrics(SourceParams(source="huggingartists/coldplay", revision=revision, max_docs=None))
+    assert ("not a commit hash" in capsys.readouterr().err) == warns

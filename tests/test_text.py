@@ -1,3 +1,10 @@
+import math
+
+import pandas as pd
+import pytest
+
+from scratchgpt.params import SourceParams
+from scratchgpt.sources import load_lyrics
 from scratchgpt.text import clean_documents, clean_text, is_validation, split_validation, stable_hash
 
 
@@ -31,5 +38,20 @@ def test_validation_split_is_stable_across_runs_and_machines():
     # Pinned values: a different hash would silently move documents between the splits.
     assert stable_hash("hello") == 12085107955937391741
     assert [is_validation(f"doc {i}", 0.5) for i in range(8)] == [
-        False, True, False, False, True, False, False, True,
+        False, False, False, False, False, True, False, True,
     ]
+
+
+CORPUS = [f"review {i}: {'great' if i % 3 else 'awful'} film" for i in range(20_000)]
+
+
+@pytest.mark.parametrize("max_docs", [1, 200, 2_000, 20_000])
+def test_max_docs_does_not_bias_the_validation_split(tmp_path, max_docs):
+    """`max_docs` keeps documents by one hash; the split must not pick by the same one."""
+    frame = pd.DataFrame({"text": CORPUS})
+    frame.to_parquet(tmp_path / "songs.parquet")
+    kept = load_lyrics(SourceParams(source=str(tmp_path / "songs.parquet"), revision=None, max_docs=max_docs))
+    texts = clean_documents(kept.column("text").to_pylist())
+    val = len(split_validation(texts, 0.1)["val"])
+    spread = 3 * math.sqrt(max_docs * 0.1 * 0.9)  # three standard deviations of a fair split
+    assert abs(val - 0.1 * max_docs) <= max(spread, 1), f"{val} of {max_docs} in validation"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scratchgpt.errors import ScratchGPTError
-from scratchgpt.tokens import TokenShards, get_encoding, read_meta, tokenize_split, token_dtype, write_meta
+from scratchgpt.tokens import TokenShards, Windows, get_encoding, read_meta, tokenize_split, token_dtype, write_meta
 
 DOCS = ["The movie starts slow.", "Then it gets interesting!\nReally.", "x", "Lights go out " * 40]
 
@@ -67,3 +67,15 @@ def test_token_count_must_match_meta(corpus):
 def test_unknown_encoding_is_refused():
     with pytest.raises(ScratchGPTError, match="tiktoken encoding 'gpt9' is unknown"):
         get_encoding("gpt9")
+
+
+@pytest.mark.parametrize("seed", [0, 1337, 2**40, 2**63 - 1])
+def test_any_allowed_seed_shuffles(tmp_path, seed):
+    from scratchgpt.params import MAX_SEED
+
+    assert seed <= MAX_SEED
+    encoding = get_encoding("gpt2")
+    splits = {"train": tokenize_split(encoding, ["some words here"] * 20, tmp_path, "train", 1000)}
+    write_meta(tmp_path, encoding, splits)
+    windows = Windows(TokenShards(tmp_path, "train"), 4)
+    assert sorted(windows.shuffled(seed, 3).tolist()) == list(range(windows.count))

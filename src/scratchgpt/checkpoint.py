@@ -45,22 +45,27 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
     """The model saved in `folder`, on `device`, in eval mode, and the tokenizer it expects."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not folder.is_dir():
+        what = "not a folder" if folder.exists() else "not found"
+        raise ScratchGPTError(f"{folder}: {what}; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        model = GPT(GPTConfig(**config["model"]))
         tokenizer = Tokenizer(**config["tokenizer"])
-    except FileNotFoundError:
-        raise ScratchGPTError(f"{config_path}: not found; is {folder} a model folder?") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ScratchGPTError(f"{config_path}: not a scratchgpt model config ({reason(e)})") from None
+        # The model's own checks (sizes that fit together) run before any memory is allocated.
+        model_config = GPTConfig(**config["model"])
+    except FileNotFoundError as e:
+        raise ScratchGPTError(f"{config_path}: not found; is {folder} a model folder?") from e
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: also bad JSON and bad UTF-8
+        raise ScratchGPTError(f"{config_path}: not a valid scratchgpt model config ({reason(e)})") from e
+    model = GPT(model_config)
     try:
         weights = load_file(weights_path)
-    except FileNotFoundError:
-        raise ScratchGPTError(f"{weights_path}: not found; the model folder is incomplete") from None
+    except FileNotFoundError as e:
+        raise ScratchGPTError(f"{weights_path}: not found; the model folder is incomplete") from e
     except (SafetensorError, OSError, ValueError) as e:
-        raise ScratchGPTError(f"{weights_path}: corrupted or not a safetensors file ({reason(e)})") from None
+        raise ScratchGPTError(f"{weights_path}: corrupted or not a safetensors file ({reason(e)})") from e
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise ScratchGPTError(f"{weights_path}: weights do not fit {config_path} ({reason(e)})") from None
+        raise ScratchGPTError(f"{weights_path}: weights do not fit {config_path} ({reason(e)})") from e
     return model.to(device).eval(), tokenizer

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import os
 import sys
+from typing import NoReturn
 
 import torch
 
@@ -17,32 +19,29 @@ from scratchgpt.checkpoint import load_model
 from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
 from scratchgpt.generate import stream, text_to_token_ids
+from scratchgpt.params import SampleParams, parse_flag
 from scratchgpt.tokens import get_encoding
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _top_p(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
+# Flags that mirror a `sample` key of params.yaml: read and checked by the same rules.
+SAMPLE_FLAGS = {
+    "max_new_tokens": "--max-new-tokens",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "seed": "--seed",
+    "device": "--device",
+}
 
 
-def _temperature(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one line, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scratchgpt",
         description="Use the GPT models that the DVC pipeline trains (run the pipeline with `dvc repro`).",
     )
@@ -50,21 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser(
         "generate",
         help="continue a prompt, printing tokens as they are produced",
-        description="Continue PROMPT with a trained model, printing the text as it is produced.",
+        description="Continue PROMPT with a trained model, printing the text as it is produced. "
+        "The flags take what the same keys of params.yaml's `sample` section take.",
     )
     gen.add_argument("prompt", metavar="PROMPT", help="text to continue")
     gen.add_argument("--model", default="models/finetuned", help="model folder (default: %(default)s)")
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=100, help="tokens to add (default: %(default)s)")
-    gen.add_argument("--temperature", type=_temperature, default=0.8, help="0 = greedy (default: %(default)s)")
-    gen.add_argument("--top-k", type=_positive_int, default=50, help="keep the k likeliest tokens (default: %(default)s)")
-    gen.add_argument("--top-p", type=_top_p, default=0.95, help="keep the likeliest tokens up to this probability (default: %(default)s)")
-    gen.add_argument("--seed", type=int, default=None, help="fix the random draws for a repeatable output")
-    gen.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="(default: %(default)s)")
+    gen.add_argument("--max-new-tokens", default="100", help="tokens to add (default: %(default)s)")
+    gen.add_argument("--temperature", default="0.8", help="0 = greedy (default: %(default)s)")
+    gen.add_argument("--top-k", default="50", help="keep the k likeliest tokens; null = all (default: %(default)s)")
+    gen.add_argument("--top-p", default="0.95", help="keep the likeliest tokens up to this probability (default: %(default)s)")
+    gen.add_argument("--seed", default=None, help="fix the random draws for a repeatable output")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
     return parser
 
 
+def sample_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The sampling flags as values, each checked like its params.yaml key; an unset seed is None."""
+    return {
+        name: None if getattr(args, name) is None else parse_flag(SampleParams, name, getattr(args, name), flag)
+        for name, flag in SAMPLE_FLAGS.items()
+    }
+
+
 def generate_command(args: argparse.Namespace) -> None:
-    device = pick_device(args.device, "--device")
+    settings = sample_settings(args)
+    device = pick_device(settings["device"], "--device")
     model, tokenizer = load_model(args.model, device)
     encoding = get_encoding(tokenizer.encoding)
     context = text_to_token_ids(args.prompt, encoding, device)
@@ -73,15 +82,16 @@ def generate_command(args: argparse.Namespace) -> None:
             f"PROMPT is {context.size(1)} tokens; it needs 1 to {model.config.context_length} (the model's context)"
         )
     generator = torch.Generator(device)
-    if args.seed is None:
+    if settings["seed"] is None:
         generator.seed()
     else:
-        generator.manual_seed(args.seed)
+        generator.manual_seed(settings["seed"])
     # A token can end inside a multi-byte character: decode bytes incrementally.
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
-    for token in stream(model, context, args.max_new_tokens, model.config.context_length,
-                        args.temperature, args.top_k, args.top_p, generator, tokenizer.vocab_size):
+    for token in stream(model, context, settings["max_new_tokens"], model.config.context_length,
+                        settings["temperature"], settings["top_k"], settings["top_p"], generator,
+                        tokenizer.vocab_size):
         sys.stdout.write(decoder.decode(encoding.decode_single_token_bytes(int(token))))
         sys.stdout.flush()
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
@@ -90,4 +100,10 @@ def generate_command(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_error():
-        generate_command(args)
+        try:
+            generate_command(args)
+        except BrokenPipeError:
+            # The reader stopped reading (`| head`): stop quietly, as other command-line tools
+            # do; stdout goes to devnull so that Python's final flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from scratchgpt import distributed
-from scratchgpt.errors import ScratchGPTError
+from scratchgpt.params import bad_value
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ def prepare(device: str, precision: str, num_threads: int | None, section: str) 
 
 
 def pick_device(requested: str, key: str) -> torch.device:
-    """`auto` means cuda, then mps, then cpu; asking for an absent device is an error."""
+    """`auto` means cuda, then mps, then cpu; asking for an absent device is an error that names
+    `key`, a params.yaml key or a command-line flag (see `params.bad_value`)."""
     available = {
         "cuda": torch.cuda.is_available(),
         "mps": torch.backends.mps.is_available(),
@@ -55,7 +56,7 @@ def pick_device(requested: str, key: str) -> torch.device:
     if requested == "auto":
         return torch.device(next(name for name, present in available.items() if present))
     if not available[requested]:
-        raise ScratchGPTError(f"params.yaml: {key} = {requested!r}: no such device on this machine")
+        raise bad_value(key, requested, "no such device on this machine")
     return torch.device(requested)
 
 
@@ -80,7 +81,7 @@ def _cpu_has_bf16() -> bool:
 def use_bf16(precision: str, device: torch.device, key: str) -> bool:
     """Whether to run under bf16 autocast: `auto` picks it where the hardware supports it."""
     if precision == "bf16" and not supports_bf16(device):
-        raise ScratchGPTError(f"params.yaml: {key} = 'bf16': {device.type} here has no bf16 support")
+        raise bad_value(key, precision, f"{device.type} here has no bf16 support")
     return precision == "bf16" or (precision == "auto" and supports_bf16(device))
 
 

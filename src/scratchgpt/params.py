@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -30,8 +31,13 @@ class ParamsError(ScratchGPTError):
 
 
 def bad_value(key: str, value: object, allowed: str) -> ParamsError:
-    """The one-line error for `key` holding `value` where `allowed` describes what fits."""
-    return ParamsError(f"{PARAMS_FILE}: {key} = {value!r}: {allowed}")
+    """The one-line error for `key` holding `value` where `allowed` describes what fits.
+
+    `key` is a params.yaml key (`train.seed`) or a command-line flag (`--seed`); only the
+    first kind is said to come from params.yaml.
+    """
+    where = "" if key.startswith("-") else f"{PARAMS_FILE}: "
+    return ParamsError(f"{where}{key} = {value!r}: {allowed}")
 
 
 def _rule(test: typing.Callable[[Any], bool], allowed: str) -> Any:
@@ -54,6 +60,13 @@ def fraction(*, closed_high: bool) -> Any:
 
 def non_empty() -> Any:
     return _rule(lambda v: len(v) > 0, "must not be empty")
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take 64 bits; the rest is headroom for seed + offset
+
+
+def seed_range() -> Any:
+    return _rule(lambda v: 0 <= v <= MAX_SEED, f"must be from 0 to {MAX_SEED} (2**63 - 1)")
 
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -120,7 +133,7 @@ class TrainParams:
     gradient_clip: float = positive()
     patience: int = positive()
     max_steps: int | None = positive()
-    seed: int = non_negative()
+    seed: int = seed_range()
     device: Device
     precision: Precision
     compile: bool
@@ -142,6 +155,13 @@ class TrainParams:
                 self.warmup_steps,
                 f"must be shorter than the run ({section}.max_steps = {self.max_steps})",
             )
+        # Checked here, before torchrun starts the processes that would each fail on it.
+        if self.batch_size % self.processes:
+            raise bad_value(
+                f"{section}.batch_size",
+                self.batch_size,
+                f"must split evenly over {section}.processes = {self.processes}",
+            )
 
 
 @dataclass(frozen=True)
@@ -159,7 +179,7 @@ class SampleParams:
     temperature: float = non_negative()
     top_k: int | None = positive()
     top_p: float = fraction(closed_high=True)
-    seed: int = non_negative()
+    seed: int = seed_range()
     device: Device
 
 
@@ -190,14 +210,14 @@ def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a missing or malformed file is a one-line error."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScratchGPTError(f"{path}: file not found (run from the project root)") from None
+    except FileNotFoundError as e:
+        raise ScratchGPTError(f"{path}: file not found (run from the project root)") from e
     try:
         return yaml.load(text, Loader=_Yaml12Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ScratchGPTError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ScratchGPTError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
 
 
 def _convert(kind: Any, value: object, key: str) -> Any:
@@ -228,12 +248,34 @@ def _convert(kind: Any, value: object, key: str) -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad_value(key, value, "must be a number")
+        if not math.isfinite(value):  # YAML's .inf and .nan: no knob means anything with them
+            raise bad_value(key, value, "must be a finite number")
         return float(value)
     if kind is str:
         if not isinstance(value, str):
             raise bad_value(key, value, "must be a string")
         return value
     raise TypeError(f"unsupported params type {kind!r} for {key}")
+
+
+def _field_value(cls: type, name: str, raw: object, key: str) -> Any:
+    """`raw` converted to the type of `cls`'s field `name` and checked by its rule."""
+    (f,) = [f for f in dataclasses.fields(cls) if f.name == name]
+    value = _convert(typing.get_type_hints(cls)[name], raw, key)
+    test = f.metadata.get("test")
+    if test and value is not None and not test(value):
+        raise bad_value(key, raw, f.metadata["allowed"])
+    return value
+
+
+def parse_flag(cls: type, name: str, text: str, flag: str) -> Any:
+    """A command-line flag's `text`, read as YAML and checked by the rules of the params field
+    `cls.name`, so a flag accepts exactly what its params.yaml key does; errors name `flag`."""
+    try:
+        raw = yaml.load(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError:
+        raw = text  # not a YAML scalar: the type check says what was expected
+    return _field_value(cls, name, raw, flag)
 
 
 def parse_section(cls: type, raw: object, section: str) -> Any:
@@ -247,17 +289,12 @@ def parse_section(cls: type, raw: object, section: str) -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {section}.{close[0]}?" if close else f"; known: {', '.join(names)}"
             raise ParamsError(f"{PARAMS_FILE}: {section}.{key}: unknown key{hint}")
-    hints = typing.get_type_hints(cls)
     values = {}
     for f in fields:
         key = f"{section}.{f.name}"
         if f.name not in raw:
             raise ParamsError(f"{PARAMS_FILE}: {key}: missing")
-        value = _convert(hints[f.name], raw[f.name], key)
-        test = f.metadata.get("test")
-        if test and value is not None and not test(value):
-            raise bad_value(key, raw[f.name], f.metadata["allowed"])
-        values[f.name] = value
+        values[f.name] = _field_value(cls, f.name, raw[f.name], key)
     parsed = cls(**values)
     if hasattr(parsed, "check"):
         parsed.check(section)

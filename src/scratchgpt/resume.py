@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from scratchgpt.errors import reason, warn
 from scratchgpt.outputs import atomic_dir
 from scratchgpt.params import PARAMS_FILE, PIPELINE_FILE, read_yaml
 
@@ -72,11 +74,21 @@ def load_state(
     folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """Restore model, optimizer and random generator from `folder`; return the best weights and
-    progress, or None when there is no saved state."""
-    if not (folder / PROGRESS_FILE).exists():
+    progress, or None when there is no saved state.
+
+    A damaged state (a truncated file, missing or misshapen tensors) is reported in one line and
+    deleted, and training starts fresh: it would otherwise fail every later run until someone
+    found and deleted the folder. Everything is read and checked before anything is restored,
+    so a damaged state never leaves the model half-loaded.
+    """
+    if not folder.exists():
         return None
-    saved = json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8"))
-    tensors = load_file(folder / TENSORS_FILE)
+    try:
+        saved, tensors = _read_state(folder, model)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        warn(f"{folder}: damaged training state ({reason(e)}); deleted it, training starts from step 0")
+        clear(folder)
+        return None
     device = next(model.parameters()).device
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
@@ -90,6 +102,19 @@ def load_state(
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())])
     return best, saved["progress"]
+
+
+def _read_state(folder: Path, model: torch.nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The saved progress and tensors, after checking that they fit `model`."""
+    saved = json.loads((folder / PROGRESS_FILE).read_text(encoding="utf-8"))
+    tensors = load_file(folder / TENSORS_FILE)
+    for name, expected in model.state_dict().items():
+        for prefix in ("model.", "best."):
+            if tensors[prefix + name].shape != expected.shape:
+                raise ValueError(f"{prefix}{name} has shape {tuple(tensors[prefix + name].shape)}")
+    if not isinstance(saved.get("progress"), dict) or not isinstance(saved.get("param_groups"), list):
+        raise ValueError(f"{PROGRESS_FILE} lacks progress or param_groups")
+    return saved, tensors
 
 
 def clear(folder: Path) -> None:

@@ -9,15 +9,17 @@ source listed them in.
 
 from __future__ import annotations
 
+import lzma
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 
-from scratchgpt.errors import ScratchGPTError, reason
+from scratchgpt.errors import ScratchGPTError, reason, warn
 from scratchgpt.params import SourceParams
 from scratchgpt.progress import progress
 from scratchgpt.text import stable_hash
@@ -31,6 +33,11 @@ TABLE_SUFFIXES = (".parquet", ".csv")
 # aclImdb/<split>/<pos|neg|unsup>/<id>_<rating>.txt, as in the Stanford archive.
 _ACLIMDB_FILE = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/\d+_\d+\.txt$")
 _ACLIMDB_LABELS = {"neg": 0, "pos": 1, "unsup": -1}
+# A Hugging Face dataset id is `owner/name`; a pinned revision is a full commit hash.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# What a damaged archive raises as it is decompressed and read, besides tarfile's own errors.
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
 
 
 class SourceError(ScratchGPTError):
@@ -42,12 +49,8 @@ def _fail(key: str, source: str, problem: str) -> SourceError:
 
 
 def _looks_like_path(source: str) -> bool:
-    """A Hugging Face id is `owner/name`; anything else that names a file is a path."""
-    return (
-        source.startswith((".", "/", "~"))
-        or source.count("/") > 1
-        or source.endswith((".gz", ".tgz", ".txt", *TABLE_SUFFIXES))
-    )
+    """Anything but `owner/name` is a path, and so is `owner/name` with a known file suffix."""
+    return not _HUB_ID.match(source) or source.endswith((".gz", ".tgz", ".tar", ".txt", *TABLE_SUFFIXES))
 
 
 def _local_path(source: str) -> Path | None:
@@ -63,16 +66,38 @@ def _local_path(source: str) -> Path | None:
 def _from_hub(source: str, revision: str | None, key: str) -> dict[str, pd.DataFrame]:
     import datasets  # slow to import; only hub sources need it
 
+    if revision is None or not _COMMIT.match(revision):
+        # A branch or tag moves: the same params could download other bytes next month.
+        warn(
+            f"params.yaml: {key}.revision = {revision!r} is not a commit hash, so this download "
+            "may differ from the last one; pin the commit (see the comment in params.yaml)"
+        )
+
     try:
         dataset = datasets.load_dataset(source, revision=revision)
     except Exception as e:  # network, auth, missing repo: all mean "use a local copy"
         raise _fail(
             key,
             source,
-            f"could not load it from the Hugging Face Hub ({reason(e)}); "
-            f"without network access, point {key}.source at a local copy",
-        ) from None
+            f"no such local file or folder, and the Hugging Face Hub could not load it "
+            f"({reason(e)}); without network access, point {key}.source at a local copy",
+        ) from e
     return {name: split.to_pandas() for name, split in dataset.items()}
+
+
+def _decode(content: bytes, name: str | Path) -> str:
+    """UTF-8 text, or a one-line error naming the file and the first byte that is not."""
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{name}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from e
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read it ({e.strerror or reason(e)})") from e
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -81,7 +106,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             return pd.read_csv(path, keep_default_na=False)
         return pd.read_parquet(path)
     except Exception as e:  # pandas and pyarrow raise many types for a damaged file
-        raise SourceError(f"{path}: cannot read it as {path.suffix[1:]} ({reason(e)})") from None
+        raise SourceError(f"{path}: cannot read it as {path.suffix[1:]} ({reason(e)})") from e
 
 
 def _tables_by_split(folder: Path) -> dict[str, pd.DataFrame]:
@@ -94,38 +119,59 @@ def _tables_by_split(folder: Path) -> dict[str, pd.DataFrame]:
     return {split: pd.concat(frames, ignore_index=True) for split, frames in parts.items()}
 
 
-def _aclimdb_rows(files: Iterator[tuple[str, bytes]]) -> dict[str, pd.DataFrame]:
+def _aclimdb_rows(files: Iterator[tuple[str, str]]) -> dict[str, pd.DataFrame]:
+    """Rows by split from (name inside aclImdb, text) pairs."""
     rows: dict[str, list[tuple[str, int]]] = {split: [] for split in IMDB_SPLITS}
-    for name, content in files:
+    for name, text in files:
         match = _ACLIMDB_FILE.search(name)
         if match:
             split, kind = match.groups()
             split = "unsupervised" if kind == "unsup" else split
-            rows[split].append((content.decode("utf-8"), _ACLIMDB_LABELS[kind]))
+            rows[split].append((text, _ACLIMDB_LABELS[kind]))
     return {
         split: pd.DataFrame(r, columns=["text", "label"]) for split, r in rows.items() if r
     }
 
 
-def _aclimdb_folder(folder: Path) -> Iterator[tuple[str, bytes]]:
+def _aclimdb_folder(folder: Path) -> Iterator[tuple[str, str]]:
     files = sorted(folder.glob("*/*/*.txt"))
     for path in progress(files, desc="read aclImdb", unit="file"):
-        yield path.relative_to(folder).as_posix(), path.read_bytes()
+        yield path.relative_to(folder).as_posix(), _decode(_read_bytes(path), path)
 
 
-def _aclimdb_tarball(path: Path) -> Iterator[tuple[str, bytes]]:
+def _aclimdb_tarball(path: Path) -> Iterator[tuple[str, str]]:
     with tarfile.open(path, "r:*") as archive:
         for member in progress(archive, desc="read aclImdb tarball", unit="file"):
             if member.isfile() and _ACLIMDB_FILE.search(member.name):
-                yield member.name, archive.extractfile(member).read()
+                content = archive.extractfile(member).read()
+                yield member.name, _decode(content, f"{path}: {member.name}")
+        _require_whole(archive)
+
+
+def _require_whole(archive: tarfile.TarFile) -> None:
+    """Refuse an archive that ended early: tarfile stops quietly at a damaged or missing header,
+    as if the archive ended there, and checks no compressed checksum unless read to the end.
+
+    A whole archive ends with a zero block (padded with zeros); reading to its end makes gzip,
+    bz2 and xz verify their checksums, which catches damage in the last members too.
+    """
+    fileobj = archive.fileobj
+    fileobj.seek(archive.offset)  # the block tarfile took for the end of the archive
+    zeros = 0
+    while block := fileobj.read(1 << 20):
+        if block.strip(b"\0"):
+            raise tarfile.ReadError(f"damaged: an invalid header at byte {archive.offset:,}")
+        zeros += len(block)
+    if zeros < tarfile.BLOCKSIZE:
+        raise tarfile.ReadError("truncated: no end-of-archive marker")
 
 
 def _local_imdb(path: Path, key: str, source: str) -> dict[str, pd.DataFrame]:
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
         try:
             return _aclimdb_rows(_aclimdb_tarball(path))
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise _fail(key, source, f"not a readable tar archive ({reason(e)})") from None
+        except _ARCHIVE_ERRORS as e:
+            raise _fail(key, source, f"not a readable tar archive ({reason(e)})") from e
     if path.is_dir():
         for root in (path, path / "aclImdb"):
             if (root / "train" / "pos").is_dir():
@@ -137,7 +183,7 @@ def _local_imdb(path: Path, key: str, source: str) -> dict[str, pd.DataFrame]:
 
 def _local_lyrics(path: Path, key: str, source: str) -> dict[str, pd.DataFrame]:
     if path.suffix == ".txt":
-        songs = [s.strip() for s in path.read_text(encoding="utf-8").split("\n\n\n")]
+        songs = [s.strip() for s in _decode(_read_bytes(path), path).split("\n\n\n")]
         return {LYRICS_SPLIT: pd.DataFrame({"text": [s for s in songs if s]})}
     if path.suffix in TABLE_SUFFIXES:
         return {LYRICS_SPLIT: _read_table(path)}
@@ -162,8 +208,8 @@ def _canonical(frame: pd.DataFrame, with_label: bool, max_docs: int | None) -> p
 def _load(params: SourceParams, key: str, read_local) -> dict[str, pd.DataFrame]:
     try:
         path = _local_path(params.source)
-    except FileNotFoundError:
-        raise _fail(key, params.source, "no such file or folder") from None
+    except FileNotFoundError as e:
+        raise _fail(key, params.source, "no such file or folder") from e
     if path is None:
         return _from_hub(params.source, params.revision, key)
     return read_local(path, key, params.source)

@@ -21,7 +21,7 @@ import tiktoken
 import torch
 
 from scratchgpt.errors import ScratchGPTError, reason
-from scratchgpt.outputs import atomic_file, write_json
+from scratchgpt.outputs import write_json
 from scratchgpt.progress import progress
 
 META_FILE = "meta.json"
@@ -32,15 +32,15 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     """The tiktoken encoding `name`, with a one-line error if it is unknown or cannot load."""
     try:
         return tiktoken.get_encoding(name)
-    except ValueError:
+    except ValueError as e:
         raise ScratchGPTError(
             f"tiktoken encoding {name!r} is unknown (known: {', '.join(tiktoken.list_encoding_names())})"
-        ) from None
+        ) from e
     except Exception as e:  # its first use downloads the BPE files
         raise ScratchGPTError(
             f"tiktoken encoding {name!r} could not be loaded ({reason(e)}); without "
             "network access set TIKTOKEN_CACHE_DIR to a folder holding its files"
-        ) from None
+        ) from e
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -81,8 +81,8 @@ def write_shards(
         nonlocal pending, pending_tokens
         joined = np.concatenate(pending)
         name = f"{split}-{len(names):03d}.npy"
-        with atomic_file(folder / name) as tmp, open(tmp, "wb") as f:
-            np.save(f, joined[:count])
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / name, joined[:count])  # inside the stage's atomic_dir
         names.append(name)
         pending = [joined[count:]]
         pending_tokens = len(pending[0])
@@ -130,10 +130,10 @@ def read_meta(folder: str | Path) -> dict:
     path = Path(folder) / META_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScratchGPTError(f"{path}: not found (run the tokenize stage first)") from None
+    except FileNotFoundError as e:
+        raise ScratchGPTError(f"{path}: not found (run the tokenize stage first)") from e
     except json.JSONDecodeError as e:
-        raise ScratchGPTError(f"{path}: not valid JSON ({reason(e)})") from None
+        raise ScratchGPTError(f"{path}: not valid JSON ({reason(e)})") from e
 
 
 class TokenShards:
@@ -166,10 +166,10 @@ class TokenShards:
     def _open(self, path: Path) -> np.ndarray:
         try:
             shard = np.load(path, mmap_mode="r")
-        except FileNotFoundError:
-            raise ScratchGPTError(f"{path}: shard missing (re-run the tokenize stage)") from None
+        except FileNotFoundError as e:
+            raise ScratchGPTError(f"{path}: shard missing (re-run the tokenize stage)") from e
         except ValueError as e:
-            raise ScratchGPTError(f"{path}: truncated or damaged shard ({reason(e)})") from None
+            raise ScratchGPTError(f"{path}: truncated or damaged shard ({reason(e)})") from e
         if shard.dtype.name != self.meta["dtype"] or shard.ndim != 1:
             raise ScratchGPTError(f"{path}: expected a flat {self.meta['dtype']} array")
         return shard
@@ -211,7 +211,9 @@ class Windows:
 
     def shuffled(self, seed: int, epoch: int) -> torch.Tensor:
         """Every window index once, in an order fixed by `seed` and `epoch`."""
-        return torch.randperm(self.count, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        # Wrapped to the generator's 64 bits: a large seed times the stride would overflow them.
+        mixed = (seed * 100_003 + epoch) % 2**64
+        return torch.randperm(self.count, generator=torch.Generator().manual_seed(mixed))
 
     def evenly_spaced(self, count: int) -> list[int]:
         """`count` window indices spread over the whole split (all of them if it has fewer)."""

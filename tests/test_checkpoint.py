@@ -1,0 +1,62 @@
+"""A model folder that is not one, or whose config.json is damaged, is refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scratchgpt.checkpoint import Tokenizer, load_model, save_model
+from scratchgpt.errors import ScratchGPTError
+from scratchgpt.model import GPT
+
+TINY = {"num_heads": 2, "vocab_size": 64, "embed_dim": 16, "attention_dim": 16, "num_blocks": 1,
+        "context_length": 8, "dropout_rate": 0.0}
+
+
+@pytest.fixture
+def model_folder(tmp_path) -> Path:
+    folder = tmp_path / "model"
+    save_model(GPT(**TINY), Tokenizer("gpt2", 50), folder)
+    return folder
+
+
+def test_a_saved_model_loads(model_folder):
+    model, tokenizer = load_model(model_folder)
+    assert model.config.vocab_size == 64 and tokenizer == Tokenizer("gpt2", 50)
+
+
+def damage_config(folder: Path, change) -> None:
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(change(config) if callable(change) else change)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: json.dumps({**c, "model": {**c["model"], "vocab_size": 2**62}}), "vocab_size"),
+        (lambda c: json.dumps({**c, "model": {**c["model"], "num_heads": 3}}), "num_heads"),
+        (lambda c: json.dumps({**c, "model": {**c["model"], "surprise": 1}}), "surprise"),
+        (lambda c: json.dumps({"model": c["model"]}), "tokenizer"),
+        ("{not json", "not a valid scratchgpt model config"),
+        (b"\xff\xfe".decode("latin-1"), "not a valid scratchgpt model config"),
+    ],
+    ids=["huge-vocab", "heads-do-not-divide", "unknown-key", "no-tokenizer", "not-json", "not-utf8"],
+)
+def test_damaged_config_is_refused_in_one_line(model_folder, change, message):
+    damage_config(model_folder, change)
+    with pytest.raises(ScratchGPTError, match=message) as error:
+        load_model(model_folder)
+    assert "config.json" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["file", "missing"])
+def test_model_path_that_is_not_a_folder_is_refused(tmp_path, kind):
+    path = tmp_path / "model.safetensors"
+    if kind == "file":
+        path.write_bytes(b"weights")
+    with pytest.raises(ScratchGPTError, match="a model folder holds config.json") as error:
+        load_model(path)
+    assert str(path) in str(error.value)

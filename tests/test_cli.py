@@ -1,0 +1,83 @@
+"""The `scratchgpt` command: flags checked like their params.yaml keys, every error one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from scratchgpt.checkpoint import Tokenizer, save_model
+from scratchgpt.model import GPT
+
+CLI = [sys.executable, "-c", "from scratchgpt.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    from conftest import requires_shared_data
+
+    requires_shared_data()  # the gpt2 encoding, offline
+    folder = tmp_path_factory.mktemp("cli") / "model"
+    save_model(GPT(num_heads=2, vocab_size=50304, embed_dim=16, attention_dim=16, num_blocks=1,
+                   context_length=32, dropout_rate=0.0), Tokenizer("gpt2", 50257), folder)
+    return folder
+
+
+def generate(model_folder, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "generate", "hello", "--model", str(model_folder), *flags],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--top-p", "1.5"], "--top-p = 1.5: must be in (0, 1]"),
+        (["--temperature", "-1"], "--temperature = -1: must be >= 0"),
+        (["--temperature", ".inf"], "--temperature = inf: must be a finite number"),
+        (["--temperature", "nan"], "--temperature = 'nan': must be a number"),
+        (["--max-new-tokens", "0"], "--max-new-tokens = 0: must be > 0"),
+        (["--max-new-tokens", "many"], "--max-new-tokens = 'many': must be a whole number"),
+        (["--top-k", "2.5"], "--top-k = 2.5: must be a whole number"),
+        (["--seed", str(2**64)], f"--seed = {2**64}: must be from 0 to"),
+        (["--device", "tpu"], "--device = 'tpu': must be one of auto, cpu, cuda, mps"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)
+def test_bad_flags_are_one_line(model_folder, flags, message):
+    result = generate(model_folder, *flags)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode in (1, 2) and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert "params.yaml" not in lines[0] and "_positive_int" not in lines[0]
+
+
+def test_absent_device_names_the_flag_not_params(model_folder):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has cuda")
+    result = generate(model_folder, "--device", "cuda")
+    assert result.stderr.strip() == "error: --device = 'cuda': no such device on this machine"
+
+
+@pytest.mark.parametrize("kind", ["file", "missing"])
+def test_model_that_is_not_a_folder(model_folder, kind):
+    path = model_folder / "model.safetensors" if kind == "file" else model_folder / "nowhere"
+    result = generate(path)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "a model folder holds config.json" in result.stderr
+
+
+def test_output_piped_into_head_ends_quietly(model_folder):
+    cmd = " ".join([*(f"'{part}'" for part in CLI), "generate", "hello", "--model", f"'{model_folder}'",
+                    "--max-new-tokens", "32", "--seed", "1", "| head -c 1"])
+    # Several runs: the reader may leave before or after the writer is done.
+    for _ in range(3):
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
+        assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+def test_seeded_generation_repeats(model_folder):
+    first, second = (generate(model_folder, "--max-new-tokens", "5", "--seed", "7") for _ in range(2))
+    assert first.returncode == 0 and first.stdout == second.stdout and first.stdout.startswith("hello")
