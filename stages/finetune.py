@@ -5,7 +5,7 @@ from pathlib import Path
 from scratchgpt import distributed, params, resume, stage
 from scratchgpt.checkpoint import load_model, save_model
 from scratchgpt.tokens import TokenShards, Windows
-from scratchgpt.train import train, write_metrics
+from scratchgpt.train import train
 
 
 def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> None:
@@ -23,11 +23,11 @@ def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> 
         settings,
         "finetune",
         state,
+        metrics_out,
     )
     if distributed.is_main():
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
         save_model(model, tokenizer, model_out)
-        write_metrics(result, metrics_out)
         resume.clear(state)
 
 

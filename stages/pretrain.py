@@ -8,7 +8,7 @@ from scratchgpt import distributed, params, resume, stage
 from scratchgpt.checkpoint import Tokenizer, save_model
 from scratchgpt.model import GPT
 from scratchgpt.tokens import TokenShards, Windows
-from scratchgpt.train import train, write_metrics
+from scratchgpt.train import train
 
 
 def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
@@ -37,11 +37,11 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
         settings.train,
         "train",
         state,
+        metrics_out,
     )
     if distributed.is_main():
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
         save_model(model, Tokenizer(train_split.encoding, vocab_size), model_out)
-        write_metrics(result, metrics_out)
         resume.clear(state)
 
 

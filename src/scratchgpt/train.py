@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
 
 from scratchgpt import distributed, resume
 from scratchgpt.devices import autocast, configure_cpu, pick_device, use_bf16
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.evaluation import score
+from scratchgpt.live_metrics import RunLog
 from scratchgpt.model import GPT
-from scratchgpt.outputs import atomic_dir
 from scratchgpt.params import TrainParams, bad_value
 from scratchgpt.progress import progress
 from scratchgpt.tokens import Windows
@@ -65,6 +64,17 @@ class TrainResult:
     tokens_seen: int = 0
     evaluations_since_best: int = 0
     stopped_early: bool = False
+
+    def summary(self) -> dict[str, float | int | bool]:
+        """The run in a few numbers: the stage's `metrics.json`."""
+        return {
+            "best_val_loss": self.best_val_loss,
+            "best_step": self.best_step,
+            "final_train_loss": self.history[-1]["train_loss"],
+            "steps": self.steps,
+            "tokens_seen": self.tokens_seen,
+            "stopped_early": self.stopped_early,
+        }
 
 
 def plan_steps(windows: Windows, settings: TrainParams, section: str) -> tuple[int, int]:
@@ -115,11 +125,13 @@ def train(
     settings: TrainParams,
     section: str,
     state_dir: Path | None = None,
+    live_dir: Path | None = None,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the weights of the best validation step.
 
     With `state_dir`, the state is saved there at every evaluation and on Ctrl-C, and a run
     that finds a saved state resumes from it and ends exactly as an uninterrupted run would.
+    With `live_dir`, rank 0 logs the curves there as DVCLive files at every step.
     """
     configure_cpu(settings.num_threads)
     device = distributed.start(pick_device(settings.device, f"{section}.device"))
@@ -144,7 +156,7 @@ def train(
             print(f"{section}: resuming at step {result.steps} from {state_dir}", flush=True)
     bar = progress(total=total_steps, initial=result.steps, desc=section, unit="step", disable=None if rank == 0 else True)
     started, first_step = time.perf_counter(), result.steps
-    with _StopOnInterrupt() as interrupt:
+    with _StopOnInterrupt() as interrupt, RunLog(live_dir if rank == 0 else None, result.history) as run_log:
         for step in range(result.steps, total_steps):
             epoch, position = divmod(step, steps_per_epoch)
             if position == 0 or step == first_step:
@@ -187,6 +199,7 @@ def train(
                     result.evaluations_since_best += 1
                 result.stopped_early = result.evaluations_since_best >= settings.patience
             result.history.append(row)
+            run_log.log(row)
             if state_dir and rank == 0 and (evaluate or interrupt.requested):
                 resume.save_state(state_dir, model, optimizer, best_weights, dataclasses.asdict(result))
             bar.update()
@@ -202,30 +215,8 @@ def train(
                 raise KeyboardInterrupt
             if result.stopped_early:
                 break
+        run_log.finish(result.summary())
     bar.close()
     model.load_state_dict(best_weights)
     distributed.stop()
     return result
-
-
-def write_metrics(result: TrainResult, folder: str | Path) -> None:
-    """The run's curves and summary in DVCLive's layout, written whole at the end.
-
-    Logging after the run (rather than step by step) keeps an interrupted run from leaving
-    half a curve behind, and the files hold no timestamps: the same run gives the same bytes.
-    """
-    with atomic_dir(folder) as tmp:
-        with Live(str(tmp), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-            for row in result.history:
-                live.step = row["step"]
-                for name in ("train_loss", "val_loss", "learning_rate", "tokens_seen"):
-                    if name in row:
-                        live.log_metric(name, row[name])
-            live.summary = {
-                "best_val_loss": result.best_val_loss,
-                "best_step": result.best_step,
-                "final_train_loss": result.history[-1]["train_loss"],
-                "steps": result.steps,
-                "tokens_seen": result.tokens_seen,
-                "stopped_early": result.stopped_early,
-            }
