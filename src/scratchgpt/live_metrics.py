@@ -2,9 +2,9 @@
 
 `RunLog` wraps the training loop. Every step adds a row to each curve
 (`<folder>/plots/metrics/<name>.tsv`: `step` and the value, no timestamps) and rewrites
-`<folder>/metrics.json` with the latest values, through DVCLive's `log_metric` and
-`next_step`; so `dvc plots show`, `dvc exp show` and DVC's VS Code extension see the run as it
-goes. `finish` replaces the latest values with the run's summary.
+`<folder>/metrics.json` with the latest values at every evaluation, through DVCLive's
+`log_metric` and `next_step`; so `dvc plots show`, `dvc exp show` and DVC's VS Code extension
+see the run as it goes. `finish` replaces the latest values with the run's summary.
 
 A resumed run first replays the history saved with its resumable state into a fresh folder
 (DVC deletes a stage's outputs before it runs, and a killed run may have logged steps after its
@@ -53,20 +53,29 @@ class RunLog:
             self._live = _open(self.folder, resume=False)
             for row in self._history:  # the curve so far, exactly as it was logged
                 self.log(row)
-            self._live = _open(self.folder, resume=True)  # carries on after the last step
+            self._live.step = self._last_step
+            self._live.make_summary()  # metrics.json's `step`, where `resume=True` carries on
+            self._live = _open(self.folder, resume=True)
         else:
             self._live = _open(self.folder, resume=False)
         return self
 
     def log(self, row: Row) -> None:
-        """Append one training step (`step` counts optimizer steps from 1) to the curves."""
+        """Append one training step (`step` counts optimizer steps from 1) to the curves.
+
+        Each curve gains its row at once. An evaluation step (one with `val_loss`) also ends
+        DVCLive's step: `next_step` rewrites metrics.json, signals DVC's VS Code extension and
+        re-reads every curve for DVC Studio, a cost that grows with the run, so it is paid per
+        evaluation rather than per step.
+        """
         if self._live is None:
             return
         self._live.step = int(row["step"])
         for name in CURVES:
             if name in row:
                 self._live.log_metric(name, row[name])
-        self._live.next_step()  # writes metrics.json and tells DVC's VS Code extension
+        if "val_loss" in row:
+            self._live.next_step()
         self._last_step = int(row["step"])
 
     def finish(self, summary: Mapping[str, object]) -> None:
