@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,18 +20,38 @@ SLOW = {"model": {"embed_dim": 64, "attention_dim": 64, "num_blocks": 2, "contex
         "train": {"max_steps": 48, "eval_freq": 4, "num_threads": 1}}
 
 
+CURVES = Path("metrics/train/plots/metrics")
+
+
 def state_files(repo: Path) -> list[Path]:
     return list((repo / ".ckpt").glob("pretrain-*/state.json"))
 
 
-def interrupt(repo: Path, how: signal.Signals) -> subprocess.CompletedProcess:
-    """Start `dvc repro pretrain`, wait for a saved state, then send `how` to the whole process group."""
+def saved_step(repo: Path) -> int:
+    """The step of the saved state (0 while there is none or it is being replaced)."""
+    try:
+        [state] = state_files(repo)
+        return json.loads(state.read_text())["progress"]["steps"]
+    except (ValueError, FileNotFoundError):
+        return 0
+
+
+def curve_steps(repo: Path, name: str = "train_loss") -> list[int]:
+    """The steps of a curve in the stage's DVCLive folder, as far as it is written."""
+    path = repo / CURVES / f"{name}.tsv"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [int(line.split("\t")[0]) for line in lines[1:] if "\t" in line]
+
+
+def interrupt(repo: Path, how: signal.Signals, ready=lambda repo: True) -> subprocess.CompletedProcess:
+    """Start `dvc repro pretrain`, wait for a saved state (and `ready`), then send `how` to the whole
+    process group."""
     before = {p: p.stat().st_mtime_ns for p in state_files(repo)}
     process = subprocess.Popen([*DVC, "repro", "pretrain"], cwd=repo, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if any(before.get(p) != p.stat().st_mtime_ns for p in state_files(repo)):
+        if any(before.get(p) != p.stat().st_mtime_ns for p in state_files(repo)) and ready(repo):
             break
         time.sleep(0.01)
     assert process.poll() is None, "the run ended before it could be interrupted"
@@ -49,23 +70,58 @@ def test_killed_and_interrupted_training_resumes_to_the_same_bytes(project):
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SLOW), sort_keys=False))
     run([*DVC, "repro", "tokenize"], project)
 
-    killed = interrupt(project, signal.SIGKILL)
+    # Killed two steps after a saved state: the live curve holds steps the state does not.
+    killed = interrupt(project, signal.SIGKILL, ready=lambda repo: len(curve_steps(repo)) >= saved_step(repo) + 2)
     assert killed.returncode == -signal.SIGKILL
     assert len(state_files(project)) == 1
     assert not (project / "models/pretrained").exists()  # no half-written output
+    assert 0 < saved_step(project) < curve_steps(project)[-1]
 
     stopped = interrupt(project, signal.SIGINT)
     assert stopped.returncode != 0
     assert "resuming at step" in stopped.stdout and "state saved in" in stopped.stdout
     assert not (project / "models/pretrained").exists()
+    assert not (project / "metrics/train").exists()  # stopped: no half-written metrics left behind
 
     finished = run([*DVC, "repro", "pretrain"], project)
     assert "resuming at step" in finished.stdout
     assert state_files(project) == []  # removed once the outputs are whole
+    assert curve_steps(project) == list(range(1, 49))  # no step twice, none missing
+    assert curve_steps(project, "val_loss") == list(range(4, 49, 4))
     resumed = outputs(project)
+    assert {"metrics/train/metrics.json", "metrics/train/plots/metrics"} <= set(resumed)
 
     run([*DVC, "repro", "--force", "--no-run-cache", "pretrain"], project)
     assert outputs(project) == resumed
+
+
+@pytest.mark.e2e
+def test_the_curves_can_be_read_while_the_stage_runs(project):
+    params = tiny_params(**{**SLOW, "train": {**SLOW["train"], "max_steps": 2000}})  # killed long before the end
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([*DVC, "repro", "tokenize"], project)
+    process = subprocess.Popen([*DVC, "repro", "pretrain"], cwd=project, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(curve_steps(project, "val_loss")) < 2 and time.monotonic() < deadline:
+            assert process.poll() is None, "the stage ended early"
+            time.sleep(0.05)
+        # What DVC's own tools show, read while the stage still runs.
+        shown = json.loads(run([*DVC, "plots", "show", "--json"], project).stdout)
+        metrics = json.loads(run([*DVC, "metrics", "show", "--json"], project).stdout)
+        assert process.poll() is None, "the stage ended before its curves were read"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    [loss] = shown["data"]["Pretraining loss (IMDb)"]
+    points = loss["content"]["data"]["values"]
+    train = [int(p["step"]) for p in points if p["filename::field"] == "train_loss.tsv::train_loss"]
+    val = [int(p["step"]) for p in points if p["filename::field"] == "val_loss.tsv::val_loss"]
+    assert 8 <= len(train) < 2000 and train == list(range(1, len(train) + 1))
+    assert val[:2] == [4, 8]
+    live = metrics[""]["data"]["metrics/train/metrics.json"]["data"]
+    assert live["step"] % 4 == 0 and live["step"] >= 8 and "val_loss" in live  # the latest evaluation
 
 
 @pytest.mark.e2e

@@ -46,3 +46,15 @@ def test_reproduces_only_what_changed_and_reports_it():
     assert "dvc metrics diff --md" in reproduce and "dvc params diff --md" in reproduce
     gated = [s for s in steps if "dvc repro" in s.get("run", "") or "dvc push" in s.get("run", "")]
     assert all("steps.remote.outputs.configured == 'true'" in s["if"] for s in gated)
+
+
+def test_the_pull_request_report_shows_the_curves_as_images():
+    steps = WORKFLOW["jobs"]["reproduce"]["steps"]
+    [report] = [s for s in steps if "dvc metrics diff --md" in s.get("run", "")]
+    assert 'python scripts/plot_images.py --diff "$BASE"' in report["run"] and "![" in report["run"]
+    [post] = [s for s in steps if "comment" in s.get("run", "")]
+    assert "cml comment create --publish report.md" in post["run"]
+    assert any(s.get("uses", "").startswith("iterative/setup-cml@") for s in steps)
+    # Without a remote there is no run to report: every step past the check skips cleanly.
+    after_check = steps[[s.get("id") for s in steps].index("remote") + 1:]
+    assert after_check and all("steps.remote.outputs.configured == 'true'" in s["if"] for s in after_check)

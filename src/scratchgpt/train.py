@@ -234,10 +234,9 @@ def train(
         if rank == 0:
             print(f"{section}: resuming at step {result.steps} from {state_dir}", flush=True)
     losses = LossReadout(section, model.config.vocab_size)
-    log = RunLog(metrics_dir if rank == 0 else None, result.history)
     bar = progress(total=total_steps, initial=result.steps, desc=section, unit="step", disable=None if rank == 0 else True)
     started, first_step = time.perf_counter(), result.steps
-    with _StopOnInterrupt() as interrupt:
+    with _StopOnInterrupt() as interrupt, RunLog(metrics_dir if rank == 0 else None, result.history) as run_log:
         for step, inputs, targets in batches(train_windows, settings, result.steps, total_steps, runtime):
             lr = learning_rate_at(step, total_steps, settings)
             for group in optimizer.param_groups:
@@ -261,7 +260,8 @@ def train(
                     if result.record_evaluation(nats / tokens, settings.patience):
                         best_weights = copy.deepcopy(model.state_dict())
                 result.history += rows
-                log.log(rows)
+                for row in rows:
+                    run_log.log(row)
                 bar.set_postfix(
                     loss=f"{rows[-1]['train_loss']:.3f}",
                     best_val=f"{result.best_val_loss:.3f}",
@@ -276,8 +276,8 @@ def train(
                 raise KeyboardInterrupt
             if result.stopped_early:
                 break
+        run_log.finish(result.summary())
     bar.close()
-    log.finish(result.summary())
     model.load_state_dict(best_weights)
     distributed.stop()
     return result
