@@ -38,7 +38,9 @@ def known_peak(name: str) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def time_training(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int, warmup: int, steps: int) -> tuple[float, float]:
+def time_training(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch_size: int, warmup: int, steps: int
+) -> tuple[float, float]:
     """Seconds per step and peak GiB allocated. `model` may be compiled: the warm-up steps,
     not timed, include compiling it for this batch shape."""
     inputs, targets = random_batch(batch_size, SEED_SHAPE["context_length"], "cuda")
@@ -79,8 +81,8 @@ def main() -> None:
     print(f"GPU: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}; data-sheet dense bf16 peak: "
           f"{f'{peak:.1f} TFLOP/s' if peak else 'unknown (pass --peak-tflops)'}")
     print()
-    measured = [(shape, f"{matmul_tflops(*dims, torch.bfloat16, device, repeats=10):.0f}") for shape, dims in PEAK_SHAPES.items()]
-    markdown_table(["bf16 matrix product", "TFLOP/s measured"], measured)
+    measured = {shape: matmul_tflops(*dims, torch.bfloat16, device, repeats=10) for shape, dims in PEAK_SHAPES.items()}
+    markdown_table(["bf16 matrix product", "TFLOP/s measured"], [(shape, f"{v:.0f}") for shape, v in measured.items()])
     print()
 
     torch.manual_seed(0)

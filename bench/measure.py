@@ -175,7 +175,9 @@ def train_step(
     return value.detach()
 
 
-def random_batch(batch_size: int, context_length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def random_batch(
+    batch_size: int, context_length: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and next-token targets, (batch, context) each, from a fixed seed."""
     tokens = torch.randint(0, GPT2_VOCAB, (batch_size, context_length + 1), generator=torch.Generator().manual_seed(0))
     tokens = tokens.to(device)

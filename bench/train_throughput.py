@@ -7,7 +7,8 @@ previous pipeline's loss (128-position slices, recomputed in the backward pass);
 chunked loss that `GPT.forward` uses now, at three slice sizes; and the pipeline's path with
 dropout 0.1. Everything else runs at dropout 0, the default recipe. bf16 rows only where the
 CPU has native bf16 (AMX or AVX-512 bf16); fp32 rows always. MFU is the model's FLOPs per
-second (measure.flops_per_token) over this machine's fp32 or bf16 4096-cube matrix product.
+second (measure.flops_per_token, the same for every row, so MFU ratios are speed ratios) over
+this machine's fp32 or bf16 4096-cube matrix product on the same threads.
 
 Run: python bench/train_throughput.py [--batch-size 32] [--rounds 3] [--memory] [--profile]
      python bench/train_throughput.py --emulate-avx2   (this CPU capped at AVX2, fp32 only)"""
@@ -47,6 +48,12 @@ WARMUP_STEPS = 2  # the first steps grow the heap, pack weights and warm caches:
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
+# The model's loss and slice size, kept before any variant swaps them.
+FUSED = model_module.chunked_cross_entropy
+PIPELINE_SLICE = model_module.LOSS_SLICE
+PREVIOUS_SLICE = 128  # positions per slice of the previous pipeline's loss
+
+
 @dataclass(frozen=True)
 class Variant:
     model: str  # "seed": bench/seed_baseline.py; "ours": scratchgpt.model.GPT
@@ -67,16 +74,15 @@ def variants(bf16: bool) -> dict[str, Variant]:
     precisions = [True, False] if bf16 else [False]
     for half in precisions:
         name = "bf16" if half else "fp32"
-        rows[f"previous pipeline: 128-position slices, recomputed, {name}"] = Variant("ours", "recomputed", half)
-        for size in (512, 1024, 2048):
-            rows[f"fused chunked loss, slice {size}, {name}"] = Variant("ours", "fused", half, size)
+        rows[f"previous pipeline: {PREVIOUS_SLICE}-position slices, recomputed, {name}"] = Variant("ours", "recomputed", half)
+        for size in sorted({512, 1024, 2048, PIPELINE_SLICE}):
+            now = " (the pipeline)" if half == precisions[0] and size == PIPELINE_SLICE else ""
+            rows[f"fused chunked loss, slice {size}, {name}{now}"] = Variant("ours", "fused", half, size)
     name = "bf16" if precisions[0] else "fp32"  # the precision the pipeline picks on this CPU
-    rows[f"fused chunked loss, slice 2048, {name}, dropout 0.1"] = Variant("ours", "fused", precisions[0], 2048, 0.1)
+    rows[f"fused chunked loss, slice {PIPELINE_SLICE}, {name}, dropout 0.1"] = Variant(
+        "ours", "fused", precisions[0], PIPELINE_SLICE, dropout=0.1
+    )
     return rows
-
-
-FUSED = model_module.chunked_cross_entropy
-PREVIOUS_SLICE = 128  # positions per slice of the previous pipeline's loss
 
 
 def recomputed_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -104,7 +110,9 @@ def build(variant: Variant) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return model, torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, foreach=True)  # as train.py on CPU
 
 
-def step(variant: Variant, model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+def step(
+    variant: Variant, model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, targets: torch.Tensor
+) -> None:
     def loss() -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.bf16):
             if variant.model == "seed":
@@ -143,7 +151,8 @@ class Workers:
         self.owner: dict[str, Connection] = {}
         for group in groups:
             parent, child = context.Pipe()
-            process = context.Process(target=worker, args=(next(iter(group.values())).keeps_freed_memory, group, batch_size, child))
+            keeps_freed_memory = next(iter(group.values())).keeps_freed_memory
+            process = context.Process(target=worker, args=(keeps_freed_memory, group, batch_size, child))
             process.start()
             child.close()  # so a worker that dies raises EOFError here instead of hanging
             self.processes.append((process, parent))
@@ -197,7 +206,7 @@ def peak_memory(rows: dict[str, Variant], batch_size: int) -> dict[str, float]:
 MATRIX_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}  # what "the rest" is measured against
 
 
-def profile(variant: Variant, batch_size: int) -> None:
+def profile(name: str, variant: Variant, batch_size: int) -> None:
     """Top ops by self CPU time in one step: where the step goes beyond the matrix products."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
@@ -211,7 +220,7 @@ def profile(variant: Variant, batch_size: int) -> None:
     ops = trace.key_averages()
     total = sum(op.self_cpu_time_total for op in ops)
     products = sum(op.self_cpu_time_total for op in ops if op.key in MATRIX_OPS)
-    print(f"One step of {variant}, batch {batch_size}: {total / 1e6:.2f} s of self CPU time, "
+    print(f"One step of '{name}', batch {batch_size}: {total / 1e6:.2f} s of self CPU time, "
           f"{100 * products / total:.0f}% of it in matrix products ({', '.join(sorted(MATRIX_OPS))})")
     print(ops.table(sort_by="self_cpu_time_total", row_limit=15))
 
@@ -282,13 +291,17 @@ def main() -> None:
     bf16 = supports_bf16(cpu) and not args.emulated
     rows = variants(bf16)
     if args.profile:
-        return profile(next(v for v in rows.values() if v.model == "ours" and v.loss == "fused"), args.batch_size)
+        # the pipeline's path: the first precision, the model's own slice size, dropout 0
+        name, variant = next((n, v) for n, v in rows.items() if v.loss == "fused" and v.loss_slice == PIPELINE_SLICE)
+        return profile(name, variant, args.batch_size)
 
     kind = "EMULATED AVX2 (this CPU with AVX2_ENV set; not a real AVX2 machine)" if args.emulated else "native"
     print(f"CPU, {kind}: {describe_cpu()}")
     print()
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32} if bf16 else {"fp32": torch.float32}
-    peaks = {(shape, name): matmul_tflops(*dims, dtype, cpu) for shape, dims in PEAK_SHAPES.items() for name, dtype in dtypes.items()}
+    peaks = {
+        (shape, name): matmul_tflops(*dims, dtype, cpu) for shape, dims in PEAK_SHAPES.items() for name, dtype in dtypes.items()
+    }
     print("The limit: matrix products on the same threads, TFLOP/s (best of 3)")
     print()
     markdown_table(["product", *dtypes], [(shape, *(f"{peaks[shape, n]:.2f}" for n in dtypes)) for shape in PEAK_SHAPES])
