@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from measure import ROOT, peak_rss_gib
 
 
 def write_corpus(folder: Path, train_tokens: int) -> None:
@@ -51,7 +50,7 @@ def child(folder: Path, steps: int) -> None:
                 context_length=shape.context_length, dropout_rate=shape.dropout_rate)
     windows = {split: Windows(TokenShards(folder, split), shape.context_length) for split in ("train", "val")}
     train(model, windows["train"], windows["val"], settings, "train")
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    print(peak_rss_gib() * 1024)  # MiB
 
 
 def main() -> None:
@@ -72,7 +71,7 @@ def main() -> None:
             for scale, folder in corpora.items():
                 output = subprocess.run([sys.executable, __file__, "--child", str(folder), "--steps", str(args.steps)],
                                         capture_output=True, text=True, check=True).stdout
-                peaks[scale].append(int(output.split()[-1]) / 1024)
+                peaks[scale].append(float(output.split()[-1]))
     print(f"pretrain, seed model, batch from params.yaml, {args.steps} steps; corpus 1x = {args.tokens:,} tokens")
     print()
     print("| corpus | tokens | peak RSS (MiB) | vs 1x |")
