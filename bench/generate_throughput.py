@@ -28,7 +28,7 @@ def main() -> None:
     context = SHAPE["context_length"]
     variants = {
         "seed generate (whole context per token)": lambda: seed_generate(seed_model, prompt, args.new_tokens, context),
-        "scratchgpt generate (KV cache)": lambda: generate(model, prompt, args.new_tokens, context),
+        "scratchgpt generate (KV cache)": lambda: generate(model, prompt, max_new_tokens=args.new_tokens, context_length=context),
     }
     times = interleaved(variants, args.rounds, warmup=1)
     print_table(
