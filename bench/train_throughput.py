@@ -1,5 +1,5 @@
-"""Training throughput: tokens/s of a full step (forward, backward, clip, AdamW) at the seed's
-model size, ours against a faithful seed-style implementation, steps interleaved so the ratios
+"""Training throughput: tokens/s of a full step (forward, backward, clip, AdamW) at the article's
+model size, ours against a faithful copy of the article's implementation, steps interleaved so the ratios
 hold on a noisy machine.
 
 The memory-allocator setting (`devices.configure_cpu`) is process-wide, so each setting gets its
@@ -61,7 +61,7 @@ def worker(keep_memory: bool, names: list[str], batch_size: int, connection) -> 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if sliced:
                 loss = model(batch[:, :-1], targets=batch[:, 1:])
-            else:  # the whole batch of logits at once, as the seed computes its loss
+            else:  # the whole batch of logits at once, as the article computes its loss
                 loss = F.cross_entropy(model(batch[:, :-1]).float().flatten(0, 1), batch[:, 1:].flatten())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
