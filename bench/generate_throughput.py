@@ -1,5 +1,5 @@
-"""Generation speed: tokens/s for 256 new tokens with the KV cache against the seed's generate
-(which re-runs the whole context for every token), seed model size, greedy, interleaved.
+"""Generation speed: tokens/s for 256 new tokens with the KV cache against the article's generate
+(which re-runs the whole context for every token), the article's model size, greedy, interleaved.
 Run: python bench/generate_throughput.py [--new-tokens 256] [--rounds 3]"""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     context = SHAPE["context_length"]
     variants = {
         "seed generate (whole context per token)": lambda: seed_generate(seed_model, prompt, args.new_tokens, context),
-        "scratchgpt generate (KV cache)": lambda: generate(model, prompt, args.new_tokens, context),
+        "scratchgpt generate (KV cache)": lambda: generate(model, prompt, max_new_tokens=args.new_tokens, context_length=context),
     }
     times = interleaved(variants, args.rounds, warmup=1)
     print_table(

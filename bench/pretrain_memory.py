@@ -1,4 +1,4 @@
-"""Peak memory (RSS) of pretraining against corpus size: the same short run of the seed-size
+"""Peak memory (RSS) of pretraining against corpus size: the same short run of the article-size
 model on a 1x and a 10x token corpus, each in a fresh process, interleaved. Shards are
 memory-mapped, so the corpus should not count.
 Run: python bench/pretrain_memory.py [--tokens 21000000] [--steps 3]"""

@@ -1,4 +1,4 @@
-"""The seed article's way, kept as the benchmarks' baseline: one module per head, an explicit
+"""The article's way, kept as the benchmarks' baseline: one module per head, an explicit
 causal mask, fp32, and a generate that re-runs the whole context for every new token."""
 
 from __future__ import annotations

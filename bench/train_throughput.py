@@ -1,5 +1,5 @@
 """Training throughput on CPU: tokens/s and MFU of a full step (forward, backward, clip, AdamW)
-at the seed's model size, the seed-style baseline and each loss path side by side, steps
+at the article's model size, the article-style baseline and each loss path side by side, steps
 interleaved so that the ratios hold on a noisy machine.
 
 Rows: the seed-style model (bench/seed_baseline.py, logits of the whole batch at once); the

@@ -1,4 +1,4 @@
-"""pretrain: train the seed's GPT from scratch on IMDb tokens (params `model` and `train`)."""
+"""pretrain: train the article's GPT from scratch on IMDb tokens (params `model` and `train`)."""
 
 import dataclasses
 from pathlib import Path

@@ -8,7 +8,7 @@ import torch
 from scratchgpt import params, stage
 from scratchgpt.checkpoint import load_model
 from scratchgpt.devices import prepare
-from scratchgpt.generate import generate, text_to_token_ids
+from scratchgpt.generate import Sampling, generate, text_to_token_ids
 from scratchgpt.outputs import atomic_file
 from scratchgpt.params import bad_value
 from scratchgpt.tokens import get_encoding
@@ -22,6 +22,7 @@ def cell(text: str) -> str:
 def main(pretrained: Path, finetuned: Path, out: Path) -> None:
     settings = params.load("sample").sample
     device = prepare(settings.device, "fp32", None, "sample").device
+    sampling = Sampling(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
     columns = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
         model, tokenizer = load_model(folder, device)
@@ -35,8 +36,8 @@ def main(pretrained: Path, finetuned: Path, out: Path) -> None:
                     f"is {context.size(1)} tokens; a prompt needs 1 to {model.config.context_length} (the model's context)",
                 )
             generator = torch.Generator(device).manual_seed(settings.seed + index)
-            ids = generate(model, context, settings.max_new_tokens, model.config.context_length,
-                           settings.temperature, settings.top_k, settings.top_p, generator, tokenizer.vocab_size)
+            ids = generate(model, context, max_new_tokens=settings.max_new_tokens,
+                           context_length=model.config.context_length, sampling=sampling, generator=generator)
             columns[name].append(encoding.decode(ids[0, context.size(1):].tolist()))
     lines = [
         "# Samples",

@@ -19,7 +19,7 @@ def model_folder(tmp_path_factory):
 
     requires_shared_data()  # the gpt2 encoding, offline
     folder = tmp_path_factory.mktemp("cli") / "model"
-    save_model(GPT(num_heads=2, vocab_size=50304, embed_dim=16, attention_dim=16, num_blocks=1,
+    save_model(GPT(num_heads=2, vocab_size=50257, embed_dim=16, attention_dim=16, num_blocks=1,
                    context_length=32, dropout_rate=0.0), Tokenizer("gpt2", 50257), folder)
     return folder
 

@@ -1,4 +1,4 @@
-"""The seed's GPT: its constructor, causal masking, its starting loss, and learning."""
+"""The article's GPT: its constructor, causal masking, its starting loss, and learning."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scratchgpt.model import GPT
 TINY = dict(num_heads=2, vocab_size=97, embed_dim=32, attention_dim=32, num_blocks=2, context_length=16, dropout_rate=0.0)
 
 
-def test_seed_constructor_returns_logits():
+def test_article_constructor_returns_logits():
     model = GPT(num_heads=8, vocab_size=5000, embed_dim=256, attention_dim=256, num_blocks=8,
                 context_length=256, dropout_rate=0.1)
     logits = model(torch.randint(0, 5000, (2, 10)))

@@ -97,3 +97,55 @@ def test_stage_reports_an_os_error_in_one_line(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         stage.run(main)
     assert capsys.readouterr().err == f"error: {tmp_path / 'missing' / 'input.bin'}: No such file or directory\n"
+
+
+def _ended_process_id() -> int:
+    """The id of a process that has run and ended (as a `kill -9`ed stage has)."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
+def test_every_stage_start_removes_what_killed_runs_left(tmp_path, monkeypatch, capsys):
+    """DVC may restore the killed stage from its run-cache, running none of our code: the next
+    stage to start, whichever it is, removes temporaries of any output and states no run resumes."""
+    import yaml
+
+    from scratchgpt import stage
+
+    monkeypatch.chdir(tmp_path)
+    pipeline = {"stages": {
+        "download": {"cmd": "x", "outs": ["data/raw"]},
+        "pretrain": {"cmd": "x", "deps": ["data/tokens"], "params": ["train"], "outs": ["models/pretrained"],
+                     "metrics": [{"metrics/train/metrics.json": {"cache": False}}]},
+        "evaluate": {"cmd": "x", "metrics": [{"metrics/evaluate.json": {"cache": False}}]},
+    }}
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": {"max_lr": 1.0e-4}}))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/tokens").write_bytes(b"tokens")
+    ended = _ended_process_id()
+    left = [f"data/.raw.tmp-{ended}/imdb/train.parquet", f"models/.pretrained.tmp-{ended}/model.safetensors",
+            f"metrics/.evaluate.json.tmp-{ended}", f"metrics/train/.metrics.json.tmp-{ended}",
+            f".ckpt/.pretrain-0123456789abcdef.tmp-{ended}/state.json",
+            ".ckpt/pretrain-0123456789abcdef/state.json", ".ckpt/renamed-0123456789abcdef/state.json"]
+    current = f".ckpt/pretrain-{stage.inputs_key('pretrain')}/state.json"
+    writing = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live writer
+    kept = [current, f"data/.clean.tmp-{writing.pid}/x", "data/.notes.tmp-old", "data/clean/.keep"]
+    for path in left + kept:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("x")
+    monkeypatch.setattr(sys, "argv", ["stages/tokenize.py", "data/clean", "data/tokens_out"])
+    try:
+        stage.run(lambda clean, out: None)
+    finally:
+        writing.kill()
+        writing.wait()
+    assert [path for path in left if (tmp_path / path).exists()] == []
+    assert [path for path in kept if not (tmp_path / path).exists()] == []
+    told = capsys.readouterr().out.splitlines()  # one line for each thing removed, naming it
+    assert sorted(line.split(": ")[0] for line in told) == sorted(
+        f"removed {name}" for name in [
+            f"data/.raw.tmp-{ended}", f"models/.pretrained.tmp-{ended}", f"metrics/.evaluate.json.tmp-{ended}",
+            f"metrics/train/.metrics.json.tmp-{ended}", f".ckpt/.pretrain-0123456789abcdef.tmp-{ended}",
+            ".ckpt/pretrain-0123456789abcdef", ".ckpt/renamed-0123456789abcdef"]
+    ), told

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -43,11 +44,11 @@ def curve_steps(repo: Path, name: str = "train_loss") -> list[int]:
     return [int(line.split("\t")[0]) for line in lines[1:] if "\t" in line]
 
 
-def interrupt(repo: Path, how: signal.Signals, ready=lambda repo: True) -> subprocess.CompletedProcess:
-    """Start `dvc repro pretrain`, wait for a saved state (and `ready`), then send `how` to the whole
+def interrupt(repo: Path, how: signal.Signals, *flags: str, ready=lambda repo: True) -> subprocess.CompletedProcess:
+    """Start `dvc repro [flags] pretrain`, wait for a saved state (and `ready`), then send `how` to the whole
     process group."""
     before = {p: p.stat().st_mtime_ns for p in state_files(repo)}
-    process = subprocess.Popen([*DVC, "repro", "pretrain"], cwd=repo, start_new_session=True,
+    process = subprocess.Popen([*DVC, "repro", *flags, "pretrain"], cwd=repo, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -134,7 +135,40 @@ def test_changed_params_never_resume_stale_state(project):
     (project / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
     output = run([*DVC, "repro", "pretrain"], project).stdout
     assert "resuming" not in output
-    assert stale.exists()  # another run's state: left alone, not resumed
+    # Not resumed, and removed: were it kept for the old params' return, it would stay for good
+    # once DVC restored that run from its run-cache instead of running it.
+    assert f"removed .ckpt/{stale.parent.name}: " in output
+    assert list((project / ".ckpt").iterdir()) == []
+
+
+@pytest.mark.e2e
+def test_what_killed_runs_leave_goes_even_when_dvc_restores_their_stage(project):
+    """DVC restores a stage from its run-cache without running any of our code: what a killed
+    run of it left is removed by the next stage that does run."""
+    cached = tiny_params(**SLOW)
+    (project / "params.yaml").write_text(yaml.safe_dump(cached, sort_keys=False))
+    run([*DVC, "repro", "pretrain"], project)  # every stage so far is in the run-cache
+    other = tiny_params(**{**SLOW, "train": {**SLOW["train"], "max_lr": 1.0e-4}})
+    (project / "params.yaml").write_text(yaml.safe_dump(other, sort_keys=False))
+    interrupt(project, signal.SIGKILL)
+    [stale] = state_files(project)
+    # What `kill -9` in `dvc repro -f download` leaves: DVC has deleted data/raw, and the stage's
+    # temporary (named after a process that has ended) stays beside it.
+    shutil.rmtree(project / "data/raw")
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    temporary = project / f"data/.raw.tmp-{ended.pid}"
+    (temporary / "imdb").mkdir(parents=True)
+    (temporary / "imdb/train.parquet").write_bytes(bytes(1 << 20))
+
+    (project / "params.yaml").write_text(yaml.safe_dump(cached, sort_keys=False))
+    output = run([*DVC, "repro", "finetune"], project).stdout
+    for name in ("download", "pretrain"):
+        assert f"Stage '{name}' is cached - skipping run" in output, output
+    assert "resuming" not in output
+    assert f"removed data/{temporary.name}: " in output and not temporary.exists()
+    assert f"removed .ckpt/{stale.parent.name}: " in output and not stale.parent.exists()
+    assert list((project / ".ckpt").iterdir()) == []  # finetune's own state went on success
 
 
 def _tiny_training_state(folder: Path):

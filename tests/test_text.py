@@ -55,3 +55,11 @@ def test_max_docs_does_not_bias_the_validation_split(tmp_path, max_docs):
     val = len(split_validation(texts, 0.1)["val"])
     spread = 3 * math.sqrt(max_docs * 0.1 * 0.9)  # three standard deviations of a fair split
     assert abs(val - 0.1 * max_docs) <= max(spread, 1), f"{val} of {max_docs} in validation"
+
+
+def test_a_documents_split_does_not_depend_on_the_cap():
+    """What the README's `clean` row says: capping `max_docs` never moves a kept document."""
+    texts = [f"review number {i}" for i in range(2000)]
+    whole = set(split_validation(texts, 0.1)["val"])
+    for cap in (50, 500):
+        assert set(split_validation(texts[:cap], 0.1)["val"]) == whole & set(texts[:cap])

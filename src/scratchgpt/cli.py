@@ -18,7 +18,7 @@ import torch
 from scratchgpt.checkpoint import load_model
 from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
-from scratchgpt.generate import stream, text_to_token_ids
+from scratchgpt.generate import Sampling, stream, text_to_token_ids
 from scratchgpt.params import SampleParams, parse_flag
 from scratchgpt.tokens import get_encoding
 
@@ -89,9 +89,10 @@ def generate_command(args: argparse.Namespace) -> None:
     # A token can end inside a multi-byte character: decode bytes incrementally.
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
-    for token in stream(model, context, settings["max_new_tokens"], model.config.context_length,
-                        settings["temperature"], settings["top_k"], settings["top_p"], generator,
-                        tokenizer.vocab_size):
+    sampling = Sampling(temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"])
+    tokens = stream(model, context, max_new_tokens=settings["max_new_tokens"],
+                    context_length=model.config.context_length, sampling=sampling, generator=generator)
+    for token in tokens:
         sys.stdout.write(decoder.decode(encoding.decode_single_token_bytes(int(token))))
         sys.stdout.flush()
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")

@@ -91,7 +91,7 @@ def configure_cpu(num_threads: int | None) -> None:
 
     A training step allocates and frees hundreds of buffers of tens of megabytes. glibc hands
     every block over 32 MB back to the kernel when it is freed, so the next step page-faults it
-    all in again. Keeping freed memory in the heap for reuse makes a step of the seed's model on
+    all in again. Keeping freed memory in the heap for reuse makes a step of the article's model on
     a 2-core CPU about 15% faster (bench/train_throughput.py); memory stays at its peak instead.
     """
     torch.set_num_threads(num_threads or os.cpu_count() or 1)

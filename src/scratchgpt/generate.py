@@ -1,15 +1,16 @@
-"""Text from a model, one token at a time, and the seed's helpers to go between text and ids.
+"""Text from a model, one token at a time, and the article's helpers to go between text and ids.
 
 Each new token is drawn from the model's next-token distribution, reshaped by temperature
 (0 = always the most likely token), top-k (only the k likeliest) and top-p (only the smallest
 set whose probability reaches p). A KV cache keeps the keys and values of tokens already seen,
 so each step runs the model on one new position; once the context is full, the window slides
-and is run again whole, exactly as the seed's generate does, so outputs match it token for token.
+and is run again whole, exactly as the article's generate does, so outputs match it token for token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import tiktoken
 import torch
@@ -18,34 +19,39 @@ from scratchgpt.model import GPT
 
 
 def text_to_token_ids(text: str, tokenizer: tiktoken.Encoding, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The seed's helper: `text` as a (1, length) batch of token ids."""
+    """The article's helper: `text` as a (1, length) batch of token ids."""
     return torch.tensor([tokenizer.encode(text, allowed_special={"<|endoftext|>"})], device=device)
 
 
 def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding) -> str:
-    """The seed's helper: a (1, length) batch of token ids back to text."""
+    """The article's helper: a (1, length) batch of token ids back to text."""
     return tokenizer.decode(token_ids.squeeze(0).tolist())
 
 
-def next_token(
-    logits: torch.Tensor,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class Sampling:
+    """How each next token is chosen: `temperature` 0 always takes the most likely token (the
+    default, as in the article); otherwise a draw among the `top_k` likeliest tokens (None: all)
+    that make up the smallest set whose probability reaches `top_p`."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float = 1.0
+
+
+def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pick one token id per row of `logits` (batch, vocab): shape (batch, 1)."""
-    if temperature == 0:
+    if sampling.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth_best = torch.topk(logits, top_k).values[..., -1:]
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.size(-1):
+        kth_best = torch.topk(logits, sampling.top_k).values[..., -1:]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
-    if top_p < 1.0:
+    if sampling.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
         probabilities = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the likelier ones before it already reach top_p (the first always stays).
-        drop = probabilities.cumsum(dim=-1) - probabilities >= top_p
+        drop = probabilities.cumsum(dim=-1) - probabilities >= sampling.top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
 
@@ -56,16 +62,13 @@ def stream(
     context: torch.Tensor,
     max_new_tokens: int,
     context_length: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
+    *,
+    sampling: Sampling = Sampling(),
     generator: torch.Generator | None = None,
-    vocab_size: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield each new token id (batch, 1) as soon as it is chosen.
-
-    `vocab_size` limits choices to the tokenizer's ids when the model's vocabulary is padded.
-    """
+    """Yield each new token id (batch, 1) as soon as it is chosen; `generator` makes the draws
+    repeatable. The model's logits cover only the tokenizer's ids (see `GPT.forward`), so a
+    padding id is never chosen."""
     model.eval()
     context_length = min(context_length, model.config.context_length)
     tokens = context
@@ -76,7 +79,7 @@ def stream(
             logits = model(tokens[:, -context_length:], caches)
         else:
             logits = model(tokens[:, -1:], caches)
-        chosen = next_token(logits[:, -1, :vocab_size], temperature, top_k, top_p, generator)
+        chosen = next_token(logits[:, -1, :], sampling, generator)
         tokens = torch.cat([tokens, chosen], dim=1)
         yield chosen
 
@@ -86,13 +89,11 @@ def generate(
     context: torch.Tensor,
     max_new_tokens: int,
     context_length: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float = 1.0,
+    *,
+    sampling: Sampling = Sampling(),
     generator: torch.Generator | None = None,
-    vocab_size: int | None = None,
 ) -> torch.Tensor:
-    """The seed's `generate(model=..., context=..., max_new_tokens=..., context_length=...)`:
-    the context followed by the new token ids."""
-    new = list(stream(model, context, max_new_tokens, context_length, temperature, top_k, top_p, generator, vocab_size))
+    """The article's `generate(model=..., context=..., max_new_tokens=..., context_length=...)`:
+    the context followed by the new token ids (greedy unless `sampling` says otherwise)."""
+    new = list(stream(model, context, max_new_tokens, context_length, sampling=sampling, generator=generator))
     return torch.cat([context, *new], dim=1)

@@ -1,4 +1,4 @@
-"""The seed article's GPT: a decoder-only Transformer, in one file.
+"""The article's GPT: a decoder-only Transformer, in one file.
 
 Tokens become vectors (token embedding + learned position embedding), pass through
 `num_blocks` Decoder blocks (pre-LayerNorm attention and feed-forward, each added back to its

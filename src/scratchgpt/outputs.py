@@ -2,8 +2,11 @@
 
 A stage writes each output through `atomic_file` or `atomic_dir`; everything inside an atomic
 folder is written plainly (`write_json`, `write_parquet`), since the folder appears only whole.
-A stage killed mid-write (Ctrl-C, kill -9) leaves at most a hidden `.tmp-<pid>` entry beside
-the output, never a partial file under the output's own name; a failed write leaves nothing.
+A stage killed mid-write (Ctrl-C, kill -9) leaves at most a hidden `.<name>.tmp-<pid>` entry
+beside the output, never a partial file under the output's own name; a failed write leaves
+nothing. Such a leftover is removed by the next write of the same output, and by the start of
+any stage (`stage.run`), since DVC may restore the output from its run-cache without running
+the stage that left it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,14 +30,43 @@ from scratchgpt.errors import ScratchGPTError
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
+# `.<output name>.tmp-<pid of the writer>`: the temporary name of an output being written.
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>[0-9]+)")
+
+
+def _writer_gone(pid: int) -> bool:
+    """Whether the process that wrote a temporary has ended, so that nothing will rename it."""
+    if pid == os.getpid() or os.name == "nt":  # ours is from an earlier run; Windows: no cheap check
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
+
+
+def remove_leftovers(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the temporaries in `folder` (of the output `name`, or of any) whose writer has
+    ended: a killed run's, which nothing else would ever remove. Return what was removed."""
+    folder = Path(folder)
+    removed = []
+    for entry in sorted(folder.glob(".*.tmp-*")) if folder.is_dir() else []:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and (name is None or match["name"] == name) and _writer_gone(int(match["pid"])):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 def _temporary_sibling(path: Path) -> Path:
     """A fresh hidden name beside `path`, after removing any left by a killed earlier run."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
+    remove_leftovers(path.parent, path.name)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 

@@ -3,13 +3,20 @@
 The state (model, optimizer, best weights, random generator, step and metric history) lives
 in `.ckpt/<stage>-<key>/`, outside DVC's outputs, which DVC deletes before a stage runs. The
 key hashes everything the stage declares in dvc.yaml (code, data and params), so a changed
-input never resumes stale state. The stage removes its folder once its outputs are written.
+input never resumes stale state. What is removed, and when:
+
+- the stage's own state, once its outputs are written (`clear`);
+- a damaged state, when it is found (`load_state`);
+- a state that the present inputs would not resume (another key, or a stage no longer in
+  dvc.yaml), at the start of any stage (`stage.tidy`). So each training stage keeps at most
+  one state, the one that its next run resumes, even when DVC restores the stage from its
+  run-cache instead of running it.
+
 Tensors are stored as safetensors and the rest as JSON: no pickle.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,30 +28,15 @@ from safetensors.torch import load_file, save_file
 
 from scratchgpt.errors import reason, warn
 from scratchgpt.outputs import atomic_dir
-from scratchgpt.params import PARAMS_FILE, PIPELINE_FILE, read_yaml
+from scratchgpt.stage import STATE_ROOT, inputs_key
 
-STATE_ROOT = Path(".ckpt")
 TENSORS_FILE = "state.safetensors"
 PROGRESS_FILE = "state.json"
 
 
-def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else file.name.encode())
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-
-
 def state_folder(stage: str) -> Path:
     """Where `stage` keeps its state for the present code, data and params."""
-    declared = read_yaml(PIPELINE_FILE)["stages"][stage]
-    params = read_yaml(PARAMS_FILE)
-    digest = hashlib.sha256(json.dumps({s: params.get(s) for s in declared.get("params", [])}, sort_keys=True).encode())
-    for dep in declared.get("deps", []):
-        _hash_path(digest, Path(dep))
-    return STATE_ROOT / f"{stage}-{digest.hexdigest()[:16]}"
+    return STATE_ROOT / f"{stage}-{inputs_key(stage)}"
 
 
 def save_state(

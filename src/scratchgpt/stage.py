@@ -1,14 +1,32 @@
-"""What every stage script shares: paths from its dvc.yaml command, and one-line failures."""
+"""What every stage script shares: paths from its dvc.yaml command, one-line failures, and
+tidying what killed runs left behind.
+
+DVC restores a stage from its run-cache without running any of our code, so no stage can
+count on running again to clean up after itself. Instead, every stage starts by removing what
+any killed run left: temporaries beside any output of the pipeline (see `outputs`) and training
+states in `.ckpt/` that the present code, data and params would never resume (see `resume`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
+import json
+import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from scratchgpt.errors import ScratchGPTError, exit_on_error
+from scratchgpt.outputs import remove_leftovers
+from scratchgpt.params import PARAMS_FILE, PIPELINE_FILE, read_yaml
+
+# Resumable training states, `<stage>-<inputs_key(stage)>`, outside DVC's outputs.
+STATE_ROOT = Path(".ckpt")
 
 
 def is_output(name: str) -> bool:
@@ -26,12 +44,73 @@ def require_writable(path: Path) -> None:
         raise ScratchGPTError(f"{path}: cannot write this output here ({e.strerror or e})") from e
 
 
+def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else file.name.encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+
+
+def inputs_key(stage: str, pipeline: dict[str, Any] | None = None) -> str:
+    """A hash of everything `stage` declares in dvc.yaml: its code, data and params sections."""
+    declared = (pipeline or read_yaml(PIPELINE_FILE)["stages"])[stage]
+    params = read_yaml(PARAMS_FILE)
+    digest = hashlib.sha256(json.dumps({s: params.get(s) for s in declared.get("params", [])}, sort_keys=True).encode())
+    for dep in declared.get("deps", []):
+        _hash_path(digest, Path(dep))
+    return digest.hexdigest()[:16]
+
+
+def _declared_paths(entries: list[Any]) -> list[Path]:
+    """The paths of a dvc.yaml `outs`, `metrics` or `plots` list (plain, or `path: {options}`)."""
+    return [Path(next(iter(entry)) if isinstance(entry, dict) else entry) for entry in entries or []]
+
+
+def _stale_state(folder: Path, pipeline: dict[str, Any]) -> bool:
+    """Whether the state in `folder` (`<stage>-<key>`) is one that no run will resume: its stage
+    is gone from dvc.yaml, or the stage's present inputs have another key. While an input is
+    missing (DVC deletes a stage's outputs before running it), the state is kept."""
+    stage, _, key = folder.name.rpartition("-")
+    if stage not in pipeline:
+        return True
+    try:
+        return inputs_key(stage, pipeline) != key
+    except (OSError, ScratchGPTError, TypeError, ValueError):  # unreadable: keep it, to be safe
+        return False
+
+
+def tidy(outputs: Iterable[Path] = ()) -> None:
+    """Remove what killed runs left behind, saying so in one line each: temporaries beside any
+    of `outputs` or of the outputs dvc.yaml declares, and stale states in `.ckpt/`."""
+    try:
+        pipeline = read_yaml(PIPELINE_FILE)["stages"]
+    except (ScratchGPTError, KeyError, TypeError):  # not run from a pipeline's root
+        pipeline = {}
+    folders = {path.parent for path in outputs} | {STATE_ROOT}
+    for declared in pipeline.values():
+        for kind in ("outs", "metrics", "plots"):
+            folders |= {path.parent for path in _declared_paths(declared.get(kind))}
+    for folder in sorted(folders):
+        for path in remove_leftovers(folder):
+            print(f"removed {path}: left by a killed run", flush=True)
+    for folder in sorted(STATE_ROOT.iterdir()) if pipeline and STATE_ROOT.is_dir() else []:
+        if folder.is_dir() and not folder.name.startswith(".") and _stale_state(folder, pipeline):
+            shutil.rmtree(folder, ignore_errors=True)
+            print(f"removed {folder}: a training state that the present code, data and params "
+                  f"would not resume", flush=True)
+    with contextlib.suppress(OSError):
+        STATE_ROOT.rmdir()  # when empty
+
+
 def run(main: Callable[..., None]) -> None:
     """Call `main` with the command-line arguments as Paths, as dvc.yaml's `cmd` passes them.
 
     dvc.yaml is the one place that names each stage's inputs and outputs. Outputs must be
-    writable before `main` starts. Errors end the stage with one line and a non-zero exit
-    status (see `errors.exit_on_error`).
+    writable before `main` starts, and what killed runs left is removed first (`tidy`; once,
+    not again in each process a training stage starts under torchrun). Errors end the stage
+    with one line and a non-zero exit status (see `errors.exit_on_error`).
     """
     names = list(inspect.signature(main).parameters)
     args = sys.argv[1:]
@@ -41,7 +120,9 @@ def run(main: Callable[..., None]) -> None:
         sys.exit(2)
     paths = [Path(arg) for arg in args]
     with exit_on_error():
-        for name, path in zip(names, paths):
-            if is_output(name):
-                require_writable(path)
+        outputs = [path for name, path in zip(names, paths) if is_output(name)]
+        for path in outputs:
+            require_writable(path)
+        if "RANK" not in os.environ:
+            tidy(outputs)
         main(*paths)

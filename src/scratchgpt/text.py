@@ -1,4 +1,4 @@
-"""Text rules: the seed's ASCII-only cleaning, and a validation split that never moves.
+"""Text rules: the article's ASCII-only cleaning, and a validation split that never moves.
 
 The split is decided by a hash of each document's own cleaned text, not by its position or a
 random draw, so a document stays on the same side when the corpus grows, is re-ordered, or is
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from scratchgpt.errors import ScratchGPTError, reason
 from scratchgpt.outputs import write_parquet
 
-_NON_ASCII = re.compile(r"[^\x00-\x7F]+")  # the seed's keep_english_only rule
+_NON_ASCII = re.compile(r"[^\x00-\x7F]+")  # the article's keep_english_only rule
 _HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)  # IMDb marks line breaks as <br />
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # invisible bytes, never useful text
 _SPACES = re.compile(r"[ \t\f\v]+")

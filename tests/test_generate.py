@@ -1,0 +1,79 @@
+"""Generation: the KV cache changes nothing, padding ids are never chosen, sampling is repeatable."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+
+import pytest
+import torch
+
+from conftest import ROOT
+from scratchgpt.generate import Sampling, generate, next_token, stream
+from scratchgpt.model import GPT
+
+TINY = dict(num_heads=2, vocab_size=50, embed_dim=16, attention_dim=16, num_blocks=1, context_length=8,
+            dropout_rate=0.0)  # 50 ids, padded to 64 rows
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT(**TINY).eval()
+
+
+def article_generate(model, context, max_new_tokens, context_length):
+    """The article's loop: the whole (cropped) context through the model for every new token."""
+    for _ in range(max_new_tokens):
+        logits = model(context[:, -context_length:])
+        context = torch.cat([context, logits[:, -1, :].argmax(dim=-1, keepdim=True)], dim=1)
+    return context
+
+
+def test_greedy_matches_the_article_token_for_token_past_the_context(model):
+    context = torch.tensor([[1, 2, 3]])
+    ours = generate(model=model, context=context, max_new_tokens=20, context_length=8)
+    assert torch.equal(ours, article_generate(model, context, 20, 8))
+
+
+def test_sampling_never_picks_a_padding_id_and_repeats_with_its_seed(model):
+    wide = Sampling(temperature=100.0)  # nearly uniform over every id the model offers
+    draws = [torch.cat(list(stream(model, torch.tensor([[1]]), 200, 8, sampling=wide,
+                                   generator=torch.Generator().manual_seed(7)))) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    assert int(draws[0].max()) < TINY["vocab_size"] < model.config.padded_vocab_size
+    assert len(set(draws[0].flatten().tolist())) > 30  # it did explore
+
+
+def test_top_k_of_one_is_greedy_and_top_p_keeps_the_likeliest():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9]])
+    generator = torch.Generator().manual_seed(0)
+    assert next_token(logits, Sampling()).item() == 1
+    assert {next_token(logits, Sampling(temperature=5.0, top_k=1), generator).item() for _ in range(20)} == {1}
+    assert {next_token(logits, Sampling(temperature=1.0, top_p=0.5), generator).item() for _ in range(50)} <= {1, 3}
+
+
+def test_sampling_settings_are_one_keyword_argument():
+    for function in (generate, stream):
+        parameters = inspect.signature(function).parameters
+        assert list(parameters) == ["model", "context", "max_new_tokens", "context_length", "sampling", "generator"]
+        assert parameters["sampling"].kind is parameters["generator"].kind is inspect.Parameter.KEYWORD_ONLY
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Sampling().temperature = 1.0  # type: ignore[misc]
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The README's example, verbatim, on a tiny random model saved where it looks."""
+    from conftest import requires_shared_data
+    from scratchgpt.checkpoint import Tokenizer, save_model
+
+    requires_shared_data()  # the gpt2 encoding, offline
+    [example] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_model(GPT(**{**TINY, "vocab_size": 50257, "context_length": 32}), Tokenizer("gpt2", 50257),
+               "models/finetuned")
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.startswith("I want something") and len(printed) > len("I want something\n")
