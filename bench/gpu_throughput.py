@@ -1,6 +1,6 @@
 """GPU training throughput: tokens/s and MFU of a full step (forward, backward, clip, fused
-AdamW, bf16 autocast, TF32 on) at the seed's model size, eager and torch.compile'd, at the
-seed's batch of 32 and at larger ones; the best row is the GPU's number.
+AdamW, bf16 autocast, TF32 on) at the article's model size, eager and torch.compile'd, at the
+article's batch of 32 and at larger ones; the best row is the GPU's number.
 
 MFU is the model's FLOPs per second (measure.flops_per_token) over the GPU's dense bf16 peak
 from its data sheet (PEAK_BF16_TFLOPS, or --peak-tflops); the matrix products this GPU

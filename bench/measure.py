@@ -22,7 +22,7 @@ except ImportError:
 
 from scratchgpt.model import GPTConfig  # noqa: E402
 
-# The seed's model (params.yaml `model`) over tiktoken gpt2's 50,257 ids.
+# The article's model (params.yaml `model`) over tiktoken gpt2's 50,257 ids.
 SEED_SHAPE = dict(num_heads=8, embed_dim=256, attention_dim=256, num_blocks=8, context_length=256)
 GPT2_VOCAB = 50257
 
@@ -69,11 +69,11 @@ def flops_per_token(config: GPTConfig) -> int:
 
     Each weight of a matrix product costs 2 FLOPs a token forward and 4 backward (gradients
     of the input and of the weight): 6 per weight, the LM head included (it is the biggest
-    matrix: about two thirds of the total at the seed's size). Attention's QK^T and AV are
+    matrix: about two thirds of the total at the article's size). Attention's QK^T and AV are
     products of activations, not weights: 2 x 2 x context x width forward per layer, x3 with
     the backward. Embedding lookups, biases, LayerNorm, softmax and the optimizer are left
     out, as is the causal mask's halving of attention (a fused kernel need not skip it).
-    At the seed's size: 6 x 19.2M weights + 6.3M = about 121 MFLOP a token.
+    At the article's size: 6 x 19.2M weights + 6.3M = about 121 MFLOP a token.
     """
     width, attention, layers = config.embed_dim, config.attention_dim, config.num_blocks
     per_block = width * 3 * attention + attention * width + 2 * width * 4 * width  # QKV, out, up, down

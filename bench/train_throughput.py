@@ -2,7 +2,7 @@
 at the article's model size, the article-style baseline and each loss path side by side, steps
 interleaved so that the ratios hold on a noisy machine.
 
-Rows: the seed-style model (bench/seed_baseline.py, logits of the whole batch at once); the
+Rows: the article-style model (bench/seed_baseline.py, logits of the whole batch at once); the
 previous pipeline's loss (128-position slices, recomputed in the backward pass); the fused
 chunked loss that `GPT.forward` uses now, at three slice sizes; and the pipeline's path with
 dropout 0.1. Everything else runs at dropout 0, the default recipe. bf16 rows only where the
@@ -64,7 +64,7 @@ class Variant:
 
     @property
     def keeps_freed_memory(self) -> bool:
-        """Our model runs as the pipeline runs it (devices.configure_cpu); the seed as the seed."""
+        """Our model runs as the pipeline runs it (devices.configure_cpu); the article-style model as the article runs it."""
         return self.model == "ours"
 
 
@@ -103,7 +103,7 @@ def _summed_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tens
 
 def build(variant: Variant) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    if variant.model == "seed":  # the seed's AdamW: default options, one parameter at a time on CPU
+    if variant.model == "seed":  # the article's AdamW: default options, one parameter at a time on CPU
         model = SeedGPT(vocab_size=GPT2_VOCAB, dropout_rate=variant.dropout, **SEED_SHAPE).train()
         return model, torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
     model = GPT(GPTConfig(vocab_size=GPT2_VOCAB, dropout_rate=variant.dropout, **SEED_SHAPE)).train()

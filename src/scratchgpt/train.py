@@ -199,6 +199,43 @@ class _StopOnInterrupt:
         signal.signal(signal.SIGINT, self._previous)
 
 
+def optimizer_step(
+    forward: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+    targets: torch.Tensor, lr: float, settings: TrainParams, runtime: Runtime,
+) -> torch.Tensor:
+    """One step on one batch: forward, backward, clip the gradient norm, AdamW; returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with runtime.autocast():
+        loss = forward(inputs, targets=targets)
+    loss.backward()  # under DDP, also averages the gradients over processes
+    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def validation_loss(forward: torch.nn.Module, windows: Windows, indices: list[int], batch_size: int, runtime: Runtime) -> float:
+    """Mean loss over the fixed validation windows, every process's share added up."""
+    mine = score(forward, windows, indices, batch_size, runtime)
+    nats, tokens = distributed.sum_all([mine.nats, mine.tokens], runtime.device)
+    return nats / tokens
+
+
+def restore(
+    state_dir: Path | None, model: GPT, optimizer: torch.optim.Optimizer, section: str
+) -> tuple[TrainResult, dict[str, torch.Tensor]]:
+    """Where the run stands and its best weights: from the saved state, or a fresh start."""
+    restored = resume.load_state(state_dir, model, optimizer) if state_dir else None
+    if not restored:
+        return TrainResult(), copy.deepcopy(model.state_dict())
+    best_weights, progress_so_far = restored
+    result = TrainResult(**progress_so_far)
+    if distributed.is_main():
+        print(f"{section}: resuming at step {result.steps} from {state_dir}", flush=True)
+    return result, best_weights
+
+
 def train(
     model: GPT,
     train_windows: Windows,
@@ -215,60 +252,41 @@ def train(
     With `metrics_dir`, the curves are logged there with DVCLive as the run goes.
     """
     runtime = prepare(settings.device, settings.precision, settings.num_threads, section)
-    steps_per_epoch, total_steps = plan_steps(train_windows, settings, section)
-    rank, processes = distributed.rank(), distributed.world_size()
+    _, total_steps = plan_steps(train_windows, settings, section)
+    main_process = distributed.is_main()
     torch.manual_seed(settings.seed)  # dropout
     model.to(runtime.device).train()
     optimizer = make_optimizer(model, settings)
-    replicated = DistributedDataParallel(model) if processes > 1 else model
+    replicated = DistributedDataParallel(model) if distributed.world_size() > 1 else model
     # Training and validation batches have the same shape, so one compiled graph serves both.
     forward = torch.compile(replicated) if settings.compile else replicated
-    val_indices = val_windows.evenly_spaced(settings.eval_batches * settings.batch_size)[rank::processes]
+    val_indices = val_windows.evenly_spaced(settings.eval_batches * settings.batch_size)
+    val_indices = val_indices[distributed.rank() :: distributed.world_size()]  # this process's share
     tokens_per_step = settings.batch_size * train_windows.length
-
-    result, best_weights = TrainResult(), copy.deepcopy(model.state_dict())
-    restored = resume.load_state(state_dir, model, optimizer) if state_dir else None
-    if restored:
-        best_weights, progress_so_far = restored
-        result = TrainResult(**progress_so_far)
-        if rank == 0:
-            print(f"{section}: resuming at step {result.steps} from {state_dir}", flush=True)
+    result, best_weights = restore(state_dir, model, optimizer, section)
     losses = LossReadout(section, model.config.vocab_size)
-    bar = progress(total=total_steps, initial=result.steps, desc=section, unit="step", disable=None if rank == 0 else True)
+    bar = progress(total=total_steps, initial=result.steps, desc=section, unit="step", disable=None if main_process else True)
     started, first_step = time.perf_counter(), result.steps
-    with _StopOnInterrupt() as interrupt, RunLog(metrics_dir if rank == 0 else None, result.history) as run_log:
+    with _StopOnInterrupt() as interrupt, RunLog(metrics_dir if main_process else None, result.history) as run_log:
         for step, inputs, targets in batches(train_windows, settings, result.steps, total_steps, runtime):
             lr = learning_rate_at(step, total_steps, settings)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with runtime.autocast():
-                loss = forward(inputs, targets=targets)
-            loss.backward()  # under DDP, also averages the gradients over processes
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = optimizer_step(forward, model, optimizer, inputs, targets, lr, settings, runtime)
             result.steps, result.tokens_seen = step + 1, result.tokens_seen + tokens_per_step
             losses.add({"step": result.steps, "learning_rate": lr, "tokens_seen": result.tokens_seen}, loss)
-
             evaluate = result.steps % settings.eval_freq == 0 or result.steps == total_steps
-            if evaluate or interrupt.requested or not runtime.device.type == "cuda":
+            if evaluate or interrupt.requested or runtime.device.type != "cuda":  # GPUs: no per-step readout
                 rows = losses.read(runtime.device)
                 if evaluate:
-                    mine = score(forward, val_windows, val_indices, settings.batch_size, runtime)
-                    nats, tokens = distributed.sum_all([mine.nats, mine.tokens], runtime.device)
-                    rows[-1]["val_loss"] = nats / tokens
-                    if result.record_evaluation(nats / tokens, settings.patience):
+                    rows[-1]["val_loss"] = validation_loss(forward, val_windows, val_indices, settings.batch_size, runtime)
+                    if result.record_evaluation(rows[-1]["val_loss"], settings.patience):
                         best_weights = copy.deepcopy(model.state_dict())
                 result.history += rows
                 for row in rows:
                     run_log.log(row)
-                bar.set_postfix(
-                    loss=f"{rows[-1]['train_loss']:.3f}",
-                    best_val=f"{result.best_val_loss:.3f}",
-                    tok_s=f"{(result.steps - first_step) * tokens_per_step / (time.perf_counter() - started):,.0f}",
-                )
-                if state_dir and rank == 0 and (evaluate or interrupt.requested):
+                if state_dir and main_process and (evaluate or interrupt.requested):
                     resume.save_state(state_dir, model, optimizer, best_weights, dataclasses.asdict(result))
+                speed = (result.steps - first_step) * tokens_per_step / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", best_val=f"{result.best_val_loss:.3f}", tok_s=f"{speed:,.0f}")
             bar.update()
             if interrupt.requested:
                 saved = f": state saved in {state_dir}; `dvc repro` resumes" if state_dir else ""
