@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 
 from scratchgpt import params, stage
-from scratchgpt.checkpoint import load_model
+from scratchgpt.saved_model import load_model
 from scratchgpt.devices import prepare
 from scratchgpt.errors import warn
 from scratchgpt.evaluation import score, token_byte_lengths

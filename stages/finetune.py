@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from scratchgpt import distributed, params, resume, stage
-from scratchgpt.checkpoint import load_model, save_model
+from scratchgpt import distributed, params, training_state, stage
+from scratchgpt.saved_model import load_model, save_model
 from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train
 
@@ -15,7 +15,7 @@ def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> 
     train_split = TokenShards(tokens / "lyrics", "train")
     train_split.require_encoding(tokenizer.encoding, pretrained)
     context = model.config.context_length
-    state = resume.state_folder("finetune")
+    state = training_state.state_folder("finetune")
     result = train(
         model,
         Windows(train_split, context),
@@ -28,7 +28,7 @@ def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> 
     if distributed.is_main():
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
         save_model(model, tokenizer, model_out)
-        resume.clear(state)
+        training_state.clear(state)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from scratchgpt import distributed, params, resume, stage
-from scratchgpt.checkpoint import Tokenizer, save_model
+from scratchgpt import distributed, params, training_state, stage
+from scratchgpt.saved_model import Tokenizer, save_model
 from scratchgpt.model import GPT, GPTConfig
 from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train
@@ -21,7 +21,7 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
     config = GPTConfig(vocab_size=vocab_size, **dataclasses.asdict(settings.model))
     torch.manual_seed(settings.train.seed)  # the initial weights
     model = GPT(config)
-    state = resume.state_folder("pretrain")
+    state = training_state.state_folder("pretrain")
     result = train(
         model,
         Windows(train_split, config.context_length),
@@ -34,7 +34,7 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
     if distributed.is_main():
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
         save_model(model, Tokenizer(train_split.encoding, vocab_size), model_out)
-        resume.clear(state)
+        training_state.clear(state)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from scratchgpt import params, stage
-from scratchgpt.checkpoint import load_model
+from scratchgpt.saved_model import load_model
 from scratchgpt.devices import prepare
 from scratchgpt.generate import Sampling, generate, text_to_token_ids
 from scratchgpt.outputs import atomic_file

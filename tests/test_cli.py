@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from scratchgpt.checkpoint import Tokenizer, save_model
+from scratchgpt.saved_model import Tokenizer, save_model
 from scratchgpt.model import GPT
 
 CLI = [sys.executable, "-c", "from scratchgpt.cli import main; main()"]

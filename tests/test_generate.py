@@ -66,7 +66,7 @@ def test_sampling_settings_are_one_keyword_argument():
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     """The README's example, verbatim, on a tiny random model saved where it looks."""
     from conftest import requires_shared_data
-    from scratchgpt.checkpoint import Tokenizer, save_model
+    from scratchgpt.saved_model import Tokenizer, save_model
 
     requires_shared_data()  # the gpt2 encoding, offline
     [example] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)

@@ -173,7 +173,7 @@ def test_what_killed_runs_leave_goes_even_when_dvc_restores_their_stage(project)
 
 def _tiny_training_state(folder: Path):
     from scratchgpt.model import GPT
-    from scratchgpt.resume import save_state
+    from scratchgpt.training_state import save_state
 
     torch.manual_seed(0)
     model = GPT(num_heads=2, vocab_size=64, embed_dim=16, attention_dim=16, num_blocks=1,
@@ -202,7 +202,7 @@ def _truncate(path: Path) -> None:
     ids=["truncated-tensors", "empty-tensors", "bad-json", "no-json", "json-missing-keys"],
 )
 def test_damaged_state_is_reported_discarded_and_training_starts_fresh(tmp_path, capsys, damage):
-    from scratchgpt.resume import load_state
+    from scratchgpt.training_state import load_state
 
     folder = tmp_path / ".ckpt" / "pretrain-0123"
     model, optimizer = _tiny_training_state(folder)
@@ -217,7 +217,7 @@ def test_damaged_state_is_reported_discarded_and_training_starts_fresh(tmp_path,
 
 def test_state_of_another_shape_is_discarded(tmp_path, capsys):
     from scratchgpt.model import GPT
-    from scratchgpt.resume import load_state
+    from scratchgpt.training_state import load_state
 
     folder = tmp_path / "state"
     _tiny_training_state(folder)

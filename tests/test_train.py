@@ -13,7 +13,7 @@ import yaml
 
 from conftest import ROOT
 from scratchgpt import train as training
-from scratchgpt.checkpoint import Tokenizer, load_model, save_model
+from scratchgpt.saved_model import Tokenizer, load_model, save_model
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.evaluation import Score
 from scratchgpt.model import GPT

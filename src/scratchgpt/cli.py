@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import torch
 
-from scratchgpt.checkpoint import load_model
+from scratchgpt.saved_model import load_model
 from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
 from scratchgpt.generate import Sampling, stream, text_to_token_ids

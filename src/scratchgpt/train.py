@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from scratchgpt import distributed, resume
+from scratchgpt import distributed, training_state
 from scratchgpt.devices import Runtime, prepare
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.evaluation import score
@@ -226,7 +226,7 @@ def restore(
     state_dir: Path | None, model: GPT, optimizer: torch.optim.Optimizer, section: str
 ) -> tuple[TrainResult, dict[str, torch.Tensor]]:
     """Where the run stands and its best weights: from the saved state, or a fresh start."""
-    restored = resume.load_state(state_dir, model, optimizer) if state_dir else None
+    restored = training_state.load_state(state_dir, model, optimizer) if state_dir else None
     if not restored:
         return TrainResult(), copy.deepcopy(model.state_dict())
     best_weights, progress_so_far = restored
@@ -284,7 +284,7 @@ def train(
                 for row in rows:
                     run_log.log(row)
                 if state_dir and main_process and (evaluate or interrupt.requested):
-                    resume.save_state(state_dir, model, optimizer, best_weights, dataclasses.asdict(result))
+                    training_state.save_state(state_dir, model, optimizer, best_weights, dataclasses.asdict(result))
                 speed = (result.steps - first_step) * tokens_per_step / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", best_val=f"{result.best_val_loss:.3f}", tok_s=f"{speed:,.0f}")
             bar.update()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scratchgpt.checkpoint import Tokenizer, load_model, save_model
+from scratchgpt.saved_model import Tokenizer, load_model, save_model
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.model import GPT
 
