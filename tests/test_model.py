@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchgpt.model import GPT
+from scratchgpt.model import GPT, GPTConfig
 
 TINY = dict(num_heads=2, vocab_size=97, embed_dim=32, attention_dim=32, num_blocks=2, context_length=16, dropout_rate=0.0)
 
@@ -62,10 +63,12 @@ def test_kv_cache_gives_the_same_logits_as_the_full_pass():
     torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full)
 
 
-def test_sliced_loss_equals_the_cross_entropy_of_the_full_logits():
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_loss_equals_the_cross_entropy_of_the_full_logits(monkeypatch, tied):
+    monkeypatch.setattr("scratchgpt.model.LOSS_SLICE", 128)  # 400 positions: several slices, one partial
     torch.manual_seed(0)
-    model = GPT(**{**TINY, "context_length": 200})
-    tokens = torch.randint(0, 97, (2, 201))  # 400 positions: several slices of the loss
+    model = GPT(**{**TINY, "context_length": 200}, tie_embeddings=tied)
+    tokens = torch.randint(0, 97, (2, 201))
     full = F.cross_entropy(model(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten())
     full.backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -75,3 +78,32 @@ def test_sliced_loss_equals_the_cross_entropy_of_the_full_logits():
     torch.testing.assert_close(sliced, full)
     for name, parameter in model.named_parameters():
         torch.testing.assert_close(parameter.grad, expected[name], msg=name)
+
+
+def test_tied_embeddings_share_one_matrix():
+    model = GPT(**TINY, tie_embeddings=True)
+    assert model.lm_head is None and model.output_weight is model.token_embedding.weight
+    untied = GPT(**TINY)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(untied) - count(model) == model.config.padded_vocab_size * model.config.embed_dim
+    tokens = torch.randint(0, 97, (2, 16))
+    model(tokens, targets=tokens).backward()  # the loss's gradient and the embedding's meet in one tensor
+    assert model.token_embedding.weight.grad is not None
+
+
+def test_the_config_owns_the_padded_vocabulary_and_the_model_never_predicts_padding():
+    config = GPTConfig(**{**TINY, "vocab_size": 97})
+    assert config.padded_vocab_size == 128
+    model = GPT(config).eval()
+    assert model.token_embedding.weight.shape[0] == 128
+    logits = model(torch.randint(0, 97, (1, 5)))
+    assert logits.shape[-1] == 97  # padding ids are not offered to sampling at all
+
+
+def test_a_damaged_config_is_refused_before_any_allocation():
+    with pytest.raises(ValueError, match="vocab_size"):
+        GPTConfig(**{**TINY, "vocab_size": 10**12})
+    with pytest.raises(ValueError, match="num_heads = 3: must divide attention_dim = 32"):
+        GPTConfig(**{**TINY, "num_heads": 3})
+    with pytest.raises(ValueError, match="tie_embeddings"):
+        GPTConfig(**TINY, tie_embeddings="yes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import pickle
 
 import numpy as np
@@ -111,6 +112,34 @@ def test_training_lowers_the_loss_and_logs_every_step(tmp_path):
     assert result.tokens_seen == result.steps * 2 * 8
 
 
+def test_losses_read_at_evaluations_only_give_the_same_run(tmp_path, monkeypatch):
+    """The GPU path reads losses back only at evaluations; the history and weights are the same."""
+    def run() -> tuple[training.TrainResult, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        model = GPT(**TINY)
+        result = training.train(model, windows(tmp_path, "train"), windows(tmp_path, "val", seed=1),
+                                settings(eval_freq=3, max_steps=10), "train")
+        return result, model.state_dict()
+
+    every_step, weights = run()
+    monkeypatch.setattr(training, "reads_losses_every_step", lambda runtime: False)
+    deferred, deferred_weights = run()
+    assert deferred.history == every_step.history and len(deferred.history) == 10
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, deferred_weights[name])
+
+
+def test_an_exploding_loss_warns_once(capsys):
+    readout = training.LossReadout("finetune", vocab_size=64)  # an untrained model's loss: ln 64 = 4.2
+    for step, loss in enumerate([4.0, 9.0, 2604.0], start=1):
+        readout.add({"step": step}, torch.tensor(loss))
+    rows = readout.read(torch.device("cpu"))
+    assert [row["train_loss"] for row in rows] == [4.0, 9.0, 2604.0]
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1
+    assert re.match(r"warning: finetune: the training loss is 9.0 at step 2, above 8.3 .*lower finetune.max_lr", warning)
+
+
 def test_warmup_longer_than_the_run_is_refused(tmp_path):
     with pytest.raises(ParamsError, match=r"train.warmup_steps = 30: must be shorter than the run \(9 steps: 1 epoch\(s\) of 9 steps\)"):
         training.train(GPT(**TINY), windows(tmp_path, "train"), windows(tmp_path, "val"),
@@ -125,9 +154,10 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path):
         training.train(model, windows(tmp_path, "train"), windows(tmp_path, "val"), settings(), "train")
 
 
-def test_save_and_load_round_trip_exactly(tmp_path):
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_and_load_round_trip_exactly(tmp_path, tied):
     torch.manual_seed(0)
-    model = GPT(**TINY)
+    model = GPT(**TINY, tie_embeddings=tied)
     save_model(model, Tokenizer("gpt2", 50257), tmp_path / "model")
     loaded, tokenizer = load_model(tmp_path / "model")
     assert tokenizer == Tokenizer("gpt2", 50257) and loaded.config == model.config

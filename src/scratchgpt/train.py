@@ -14,7 +14,6 @@ import dataclasses
 import math
 import signal
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scratchgpt import distributed, training_state
 from scratchgpt.devices import Runtime, prepare
-from scratchgpt.errors import ScratchGPTError
+from scratchgpt.errors import ScratchGPTError, warn
 from scratchgpt.evaluation import score
 from scratchgpt.live_metrics import RunLog
 from scratchgpt.model import GPT
@@ -174,13 +173,18 @@ class LossReadout:
                 )
             if row["train_loss"] > self.diverging_above and not self.warned:
                 self.warned = True
-                warnings.warn(
+                warn(
                     f"{self.section}: the training loss is {row['train_loss']:.1f} at step {row['step']}, above "
                     f"{self.diverging_above:.1f} (twice an untrained model's): the run is diverging; "
-                    f"lower {self.section}.max_lr",
-                    stacklevel=2,
+                    f"lower {self.section}.max_lr"
                 )
         return rows
+
+
+def reads_losses_every_step(runtime: Runtime) -> bool:
+    """On a CPU, reading a loss costs nothing, and the progress bar shows every step's; on a
+    GPU, losses are read only at evaluations (see LossReadout)."""
+    return runtime.device.type != "cuda"
 
 
 class _StopOnInterrupt:
@@ -274,7 +278,7 @@ def train(
             result.steps, result.tokens_seen = step + 1, result.tokens_seen + tokens_per_step
             losses.add({"step": result.steps, "learning_rate": lr, "tokens_seen": result.tokens_seen}, loss)
             evaluate = result.steps % settings.eval_freq == 0 or result.steps == total_steps
-            if evaluate or interrupt.requested or runtime.device.type != "cuda":  # GPUs: no per-step readout
+            if evaluate or interrupt.requested or reads_losses_every_step(runtime):
                 rows = losses.read(runtime.device)
                 if evaluate:
                     rows[-1]["val_loss"] = validation_loss(forward, val_windows, val_indices, settings.batch_size, runtime)
