@@ -21,13 +21,13 @@ def write(tmp_path, overrides: dict) -> str:
 
 def test_project_params_are_valid():
     loaded = load_sections(ALL, ROOT / "params.yaml")
-    assert loaded.train.max_lr == 3.0e-4 and loaded.model.num_heads == 8
+    assert loaded.train.peak_lr == 1.0e-3 and loaded.model.num_heads == 8
     assert loaded.sample.prompts[0] == "I want something"
 
 
 def test_yaml_1_2_floats_are_numbers(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text((ROOT / "params.yaml").read_text().replace("max_lr: 3.0e-4", "max_lr: 1e-4"))
+    path.write_text((ROOT / "params.yaml").read_text().replace("max_lr: null", "max_lr: 1e-4"))
     assert load_sections(["train"], path).train.max_lr == 1e-4
 
 
@@ -40,7 +40,7 @@ def test_yaml_1_2_floats_are_numbers(tmp_path):
         ({"train": {"batch_size": 0}}, r"train.batch_size = 0: must be > 0"),
         ({"train": {"batch_size": 2.5}}, r"train.batch_size = 2.5: must be a whole number"),
         ({"train": {"num_epochs": -3}}, r"train.num_epochs = -3: must be > 0"),
-        ({"train": {"min_lr": 1.0e-3}}, r"train.min_lr = 0.001: must be <= train.max_lr"),
+        ({"train": {"max_lr": 3.0e-4, "min_lr": 1.0e-3}}, r"train.min_lr = 0.001: must be <= train.max_lr = 0.0003"),
         ({"train": {"warmup_steps": 500, "max_steps": 100}}, r"train.warmup_steps = 500: must be shorter"),
         ({"train": {"max_lrr": 1.0}}, r"train.max_lrr: unknown key; did you mean train.max_lr\?"),
         ({"train": {"device": "tpu"}}, r"train.device = 'tpu': must be one of auto, cpu, cuda, mps"),
