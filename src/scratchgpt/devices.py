@@ -89,10 +89,11 @@ def configure_cpu(num_threads: int | None) -> None:
     """A fixed thread count (all cores by default: the same count gives the same bytes), and
     freed memory kept for reuse.
 
-    A training step allocates and frees hundreds of buffers of tens of megabytes. glibc hands
-    every block over 32 MB back to the kernel when it is freed, so the next step page-faults it
-    all in again. Keeping freed memory in the heap for reuse makes a step of the article's model on
-    a 2-core CPU about 15% faster (bench/train_throughput.py); memory stays at its peak instead.
+    A training step allocates and frees buffers of tens to hundreds of megabytes (a slice of
+    the loss's logits is 400 MB). glibc hands every block over 32 MB back to the kernel when it
+    is freed, so the next step page-faults it all in again. Keeping freed memory in the heap for
+    reuse avoids that; memory stays at its peak instead. What it buys on each CPU kind is
+    measured by bench/train_throughput.py (its "freed memory returned" row; README, Performance).
     """
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
     try:
