@@ -27,7 +27,7 @@ def main() -> None:
     seed_model, model = SeedGPT(**SHAPE).eval(), GPT(**SHAPE).eval()
     context = SHAPE["context_length"]
     variants = {
-        "seed generate (whole context per token)": lambda: seed_generate(seed_model, prompt, args.new_tokens, context),
+        "article generate (whole context per token)": lambda: seed_generate(seed_model, prompt, args.new_tokens, context),
         "scratchgpt generate (KV cache)": lambda: generate(model, prompt, max_new_tokens=args.new_tokens, context_length=context),
     }
     times = interleaved(variants, args.rounds, warmup=1)

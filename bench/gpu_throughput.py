@@ -103,7 +103,7 @@ def main() -> None:
             mfu = f"{100 * tokens * flops / (peak * 1e12):.1f}%" if peak else "?"
             rows.append([label, batch_size, f"{1000 * seconds:.1f}", f"{tokens:,.0f}", mfu, f"{memory:.1f}"])
             best = max(best, (tokens, f"{label}, batch {batch_size}: {tokens:,.0f} tokens/s, MFU {mfu}"))
-    print(f"Training step, seed model size, {flops / 1e6:.1f} MFLOP/token; mean of {args.steps} steps after {args.warmup}")
+    print(f"Training step, the article's model size, {flops / 1e6:.1f} MFLOP/token; mean of {args.steps} steps after {args.warmup}")
     print()
     markdown_table(["mode", "batch", "ms/step", "tokens/s", "MFU", "peak GiB"], rows)
     print()

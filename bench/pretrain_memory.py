@@ -72,7 +72,7 @@ def main() -> None:
                 output = subprocess.run([sys.executable, __file__, "--child", str(folder), "--steps", str(args.steps)],
                                         capture_output=True, text=True, check=True).stdout
                 peaks[scale].append(float(output.split()[-1]))
-    print(f"pretrain, seed model, batch from params.yaml, {args.steps} steps; corpus 1x = {args.tokens:,} tokens")
+    print(f"pretrain, the article's model, batch from params.yaml, {args.steps} steps; corpus 1x = {args.tokens:,} tokens")
     print()
     print("| corpus | tokens | peak RSS (MiB) | vs 1x |")
     print("| --- | --- | --- | --- |")
