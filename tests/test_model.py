@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchgpt.model import GPT, GPTConfig
+from scratchgpt.model import GPT, GPTConfig, _ChunkedCrossEntropy
 
 TINY = dict(num_heads=2, vocab_size=97, embed_dim=32, attention_dim=32, num_blocks=2, context_length=16, dropout_rate=0.0)
 
@@ -107,3 +107,17 @@ def test_a_damaged_config_is_refused_before_any_allocation():
         GPTConfig(**{**TINY, "num_heads": 3})
     with pytest.raises(ValueError, match="tie_embeddings"):
         GPTConfig(**TINY, tie_embeddings="yes")
+
+
+def test_the_chunked_loss_computes_no_gradients_under_no_grad(monkeypatch):
+    """Evaluation runs under torch.no_grad(): it must not pay for the gradients of the loss."""
+    flags = []
+    forward = _ChunkedCrossEntropy.forward
+    monkeypatch.setattr(_ChunkedCrossEntropy, "forward", staticmethod(
+        lambda ctx, *args: flags.append(args[-1]) or forward(ctx, *args)))
+    model = GPT(**TINY)
+    tokens = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        model(tokens, targets=tokens)
+    model(tokens, targets=tokens)
+    assert flags == [False, True]

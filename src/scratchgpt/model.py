@@ -255,18 +255,22 @@ def chunked_cross_entropy(
     pass, and none are recomputed. On a GPU, where memory bandwidth is plentiful, the plain
     F.cross_entropy on full logits is faster (`GPT.forward` picks).
     """
-    return _ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size) / len(targets)
+    # Inside an autograd Function, grad mode is always off and needs_input_grad ignores
+    # torch.no_grad(): whether gradients are wanted is decided here, where it is known.
+    with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size, with_grads) / len(targets)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T`, with its gradients computed in the forward pass."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, compute_grads: bool
+    ) -> torch.Tensor:
         # Under bf16 autocast the products run in bf16 (as nn.Linear's would); sums stay fp32.
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
         with torch.autocast("cpu", enabled=False):
-            compute_grads = any(ctx.needs_input_grad[:2])
             exact = torch.promote_types(torch.float32, weight.dtype)  # the dtype of logits and sums
             weight_c = weight.to(dtype)
             total = torch.zeros((), dtype=exact)
@@ -293,4 +297,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_total, grad_weight * grad_total, None, None
+        return grad_hidden * grad_total, grad_weight * grad_total, None, None, None
