@@ -11,7 +11,8 @@ from pathlib import Path
 
 from measure import interleaved, print_table
 from scratchgpt.text import read_documents
-from scratchgpt.tokens import get_encoding, tokenize_split
+from scratchgpt.encodings import get_encoding
+from scratchgpt.tokens import tokenize_split
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from scratchgpt.devices import prepare
 from scratchgpt.errors import warn
 from scratchgpt.evaluation import score, token_byte_lengths
 from scratchgpt.outputs import atomic_file, write_json
-from scratchgpt.tokens import TokenShards, Windows, get_encoding
+from scratchgpt.tokens import TokenShards, Windows
 
 SPLITS = {"imdb_test": ("imdb", "test"), "lyrics_val": ("lyrics", "val")}
 
@@ -19,12 +19,12 @@ def main(pretrained: Path, finetuned: Path, tokens: Path, out: Path) -> None:
     runtime = prepare(settings.device, settings.precision, None, "evaluate")
     results = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
-        model, tokenizer = load_model(folder, runtime.device)
-        byte_lengths = token_byte_lengths(get_encoding(tokenizer.encoding))
+        model, encoding = load_model(folder, runtime.device)
+        byte_lengths = token_byte_lengths(encoding)
         results[name] = {}
         for label, (corpus, split) in SPLITS.items():
             shards = TokenShards(tokens / corpus, split)
-            shards.require_encoding(tokenizer.encoding, folder)
+            shards.require_encoding(encoding.name, folder)
             windows = Windows(shards, model.config.context_length)
             indices = windows.evenly_spaced(max(1, settings.max_tokens // windows.length))
             result = score(model, windows, indices, settings.batch_size, runtime, byte_lengths)

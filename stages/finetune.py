@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from scratchgpt import distributed, params, training_state, stage
+from scratchgpt.evaluation import token_byte_lengths
 from scratchgpt.saved_model import load_model, save_model
 from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train
@@ -11,9 +12,9 @@ from scratchgpt.train import train
 def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> None:
     settings = params.load("finetune").finetune
     distributed.relaunch(settings.processes)
-    model, tokenizer = load_model(pretrained)
+    model, encoding = load_model(pretrained)
     train_split = TokenShards(tokens / "lyrics", "train")
-    train_split.require_encoding(tokenizer.encoding, pretrained)
+    train_split.require_encoding(encoding.name, pretrained)
     context = model.config.context_length
     state = training_state.state_folder("finetune")
     result = train(
@@ -24,10 +25,11 @@ def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> 
         "finetune",
         state,
         metrics_out,
+        token_byte_lengths(encoding),
     )
     if distributed.is_main():
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
-        save_model(model, tokenizer, model_out)
+        save_model(model, encoding, model_out)
         training_state.clear(state)
 
 

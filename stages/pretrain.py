@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 
 from scratchgpt import distributed, params, training_state, stage
-from scratchgpt.saved_model import Tokenizer, save_model
+from scratchgpt.evaluation import token_byte_lengths
+from scratchgpt.saved_model import save_model
 from scratchgpt.model import GPT, GPTConfig
 from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train
@@ -17,8 +18,8 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
     distributed.relaunch(settings.train.processes)
     train_split = TokenShards(tokens / "imdb", "train")
     val_split = TokenShards(tokens / "imdb", "val")
-    vocab_size = train_split.meta["vocab_size"]
-    config = GPTConfig(vocab_size=vocab_size, **dataclasses.asdict(settings.model))
+    encoding = train_split.load_encoding()
+    config = GPTConfig(vocab_size=encoding.n_vocab, **dataclasses.asdict(settings.model))
     torch.manual_seed(settings.train.seed)  # the initial weights
     model = GPT(config)
     state = training_state.state_folder("pretrain")
@@ -30,10 +31,11 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
         "train",
         state,
         metrics_out,
+        token_byte_lengths(encoding),
     )
     if distributed.is_main():
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
-        save_model(model, Tokenizer(train_split.encoding, vocab_size), model_out)
+        save_model(model, encoding, model_out)
         training_state.clear(state)
 
 

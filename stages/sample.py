@@ -11,7 +11,6 @@ from scratchgpt.devices import prepare
 from scratchgpt.generate import Sampling, generate, text_to_token_ids
 from scratchgpt.outputs import atomic_file
 from scratchgpt.params import bad_value
-from scratchgpt.tokens import get_encoding
 
 
 def cell(text: str) -> str:
@@ -25,8 +24,7 @@ def main(pretrained: Path, finetuned: Path, out: Path) -> None:
     sampling = Sampling(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
     columns = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
-        model, tokenizer = load_model(folder, device)
-        encoding = get_encoding(tokenizer.encoding)
+        model, encoding = load_model(folder, device)
         columns[name] = []
         for index, prompt in enumerate(settings.prompts):
             context = text_to_token_ids(prompt, encoding, device)

@@ -1,16 +1,30 @@
-"""tokenize: every cleaned split to tiktoken ids in a few uint16 shards, plus meta.json per corpus."""
+"""tokenize: every cleaned split to token ids in a few uint16 shards, plus meta.json per corpus.
+
+The tokenizer is tiktoken's `tokenize.encoding`, or, with `tokenize.vocab_size`, a byte-level
+BPE trained here on the training splits (IMDb and lyrics: the article combines them), saved
+beside the shards.
+"""
 
 from pathlib import Path
 
-from scratchgpt import params, stage, tokens
+from scratchgpt import encodings, params, stage, tokens
 from scratchgpt.outputs import atomic_dir
 from scratchgpt.text import read_documents
+
+TRAINING_SPLITS = ("imdb/train.parquet", "lyrics/train.parquet")  # never validation or test text
 
 
 def main(clean: Path, out: Path) -> None:
     settings = params.load("tokenize").tokenize
-    encoding = tokens.get_encoding(settings.encoding)
+    if settings.vocab_size is None:
+        encoding = encodings.get_encoding(settings.encoding)
+    else:
+        texts = [text for path in TRAINING_SPLITS for text in read_documents(clean / path)]
+        encoding = encodings.train_bpe(texts, settings.vocab_size)
+        print(f"trained {encoding.name} on {len(texts):,} training documents")
     with atomic_dir(out) as tmp:
+        if encodings.is_trained(encoding):
+            encodings.save_encoding(encoding, tmp)
         for corpus in sorted(p for p in clean.iterdir() if p.is_dir()):
             splits = {}
             for path in sorted(corpus.glob("*.parquet")):

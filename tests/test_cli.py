@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from scratchgpt.saved_model import Tokenizer, save_model
+from scratchgpt.encodings import get_encoding
+from scratchgpt.saved_model import save_model
 from scratchgpt.model import GPT
 
 CLI = [sys.executable, "-c", "from scratchgpt.cli import main; main()"]
@@ -20,7 +21,7 @@ def model_folder(tmp_path_factory):
     requires_shared_data()  # the gpt2 encoding, offline
     folder = tmp_path_factory.mktemp("cli") / "model"
     save_model(GPT(num_heads=2, vocab_size=50257, embed_dim=16, attention_dim=16, num_blocks=1,
-                   context_length=32, dropout_rate=0.0), Tokenizer("gpt2", 50257), folder)
+                   context_length=32, dropout_rate=0.0), get_encoding("gpt2"), folder)
     return folder
 
 

@@ -66,13 +66,14 @@ def test_sampling_settings_are_one_keyword_argument():
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     """The README's example, verbatim, on a tiny random model saved where it looks."""
     from conftest import requires_shared_data
-    from scratchgpt.saved_model import Tokenizer, save_model
+    from scratchgpt.encodings import get_encoding
+    from scratchgpt.saved_model import save_model
 
     requires_shared_data()  # the gpt2 encoding, offline
     [example] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    save_model(GPT(**{**TINY, "vocab_size": 50257, "context_length": 32}), Tokenizer("gpt2", 50257),
+    save_model(GPT(**{**TINY, "vocab_size": 50257, "context_length": 32}), get_encoding("gpt2"),
                "models/finetuned")
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out

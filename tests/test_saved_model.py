@@ -2,29 +2,50 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 
-from scratchgpt.saved_model import Tokenizer, load_model, save_model
+from scratchgpt.encodings import train_bpe
+from scratchgpt.saved_model import load_model, save_model
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.model import GPT
 
-TINY = {"num_heads": 2, "vocab_size": 64, "embed_dim": 16, "attention_dim": 16, "num_blocks": 1,
+TINY = {"num_heads": 2, "vocab_size": 300, "embed_dim": 16, "attention_dim": 16, "num_blocks": 1,
         "context_length": 8, "dropout_rate": 0.0}
+TEXT = [f"review {i}: the film was {word}, the actors were {word} and the plot {i % 7}" for i, word in
+        enumerate(["good", "bad", "long", "slow", "funny", "dark"] * 20)]
 
 
 @pytest.fixture
 def model_folder(tmp_path) -> Path:
     folder = tmp_path / "model"
-    save_model(GPT(**TINY), Tokenizer("gpt2", 50), folder)
+    save_model(GPT(**TINY), train_bpe(TEXT, 300), folder)
     return folder
 
 
-def test_a_saved_model_loads(model_folder):
-    model, tokenizer = load_model(model_folder)
-    assert model.config.vocab_size == 64 and tokenizer == Tokenizer("gpt2", 50)
+def test_a_saved_model_loads_with_its_trained_tokenizer(model_folder):
+    model, encoding = load_model(model_folder)
+    trained = train_bpe(TEXT, 300)
+    assert model.config.vocab_size == encoding.n_vocab == 300 and encoding.name == trained.name
+    assert encoding.encode(TEXT[3]) == trained.encode(TEXT[3]) and encoding.decode(encoding.encode(TEXT[3])) == TEXT[3]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited-token", "missing"])
+def test_a_damaged_trained_tokenizer_is_refused(model_folder, damage):
+    ranks = model_folder / "tokenizer.tiktoken"
+    lines = ranks.read_bytes().splitlines(keepends=True)
+    if damage == "truncated":
+        ranks.write_bytes(b"".join(lines[:-5]))  # read as a smaller vocabulary, it would shift no id: refused
+    elif damage == "edited-token":  # another token's bytes under the last rank
+        ranks.write_bytes(b"".join(lines[:-1]) + base64.b64encode(b"zzqx") + b" " + lines[-1].split()[1] + b"\n")
+    else:
+        ranks.unlink()
+    with pytest.raises(ScratchGPTError, match="tokenizer") as error:
+        load_model(model_folder)
+    assert "\n" not in str(error.value)
 
 
 def damage_config(folder: Path, change) -> None:

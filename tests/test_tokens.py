@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from scratchgpt.errors import ScratchGPTError
-from scratchgpt.tokens import TokenShards, Windows, get_encoding, read_meta, tokenize_split, token_dtype, write_meta
+from scratchgpt.encodings import get_encoding
+from scratchgpt.tokens import TokenShards, Windows, read_meta, tokenize_split, token_dtype, write_meta
 
 DOCS = ["The movie starts slow.", "Then it gets interesting!\nReally.", "x", "Lights go out " * 40]
 

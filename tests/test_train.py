@@ -14,7 +14,8 @@ import yaml
 
 from conftest import ROOT
 from scratchgpt import train as training
-from scratchgpt.saved_model import Tokenizer, load_model, save_model
+from scratchgpt.encodings import get_encoding
+from scratchgpt.saved_model import load_model, save_model
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.evaluation import Score
 from scratchgpt.model import GPT
@@ -157,17 +158,17 @@ def test_diverging_loss_stops_with_a_clear_error(tmp_path):
 @pytest.mark.parametrize("tied", [False, True])
 def test_save_and_load_round_trip_exactly(tmp_path, tied):
     torch.manual_seed(0)
-    model = GPT(**TINY, tie_embeddings=tied)
-    save_model(model, Tokenizer("gpt2", 50257), tmp_path / "model")
-    loaded, tokenizer = load_model(tmp_path / "model")
-    assert tokenizer == Tokenizer("gpt2", 50257) and loaded.config == model.config
+    model = GPT(**{**TINY, "vocab_size": 50257}, tie_embeddings=tied)
+    save_model(model, get_encoding("gpt2"), tmp_path / "model")
+    loaded, encoding = load_model(tmp_path / "model")
+    assert encoding.name == "gpt2" and loaded.config == model.config
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[name])
 
 
 def test_missing_or_corrupted_weights_are_refused(tmp_path):
     folder = tmp_path / "model"
-    save_model(GPT(**TINY), Tokenizer("gpt2", 50257), folder)
+    save_model(GPT(**{**TINY, "vocab_size": 50257}), get_encoding("gpt2"), folder)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ScratchGPTError, match="model.safetensors: corrupted"):
@@ -185,7 +186,7 @@ class _Exploit:
 def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "model"
-    save_model(GPT(**TINY), Tokenizer("gpt2", 50257), folder)
+    save_model(GPT(**{**TINY, "vocab_size": 50257}), get_encoding("gpt2"), folder)
     (folder / "model.safetensors").write_bytes(pickle.dumps({"weights": _Exploit()}))
     with pytest.raises(ScratchGPTError, match="model.safetensors: corrupted or not a safetensors file"):
         load_model(folder)

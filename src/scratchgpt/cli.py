@@ -20,7 +20,6 @@ from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
 from scratchgpt.generate import Sampling, stream, text_to_token_ids
 from scratchgpt.params import SampleParams, parse_flag
-from scratchgpt.tokens import get_encoding
 
 # Flags that mirror a `sample` key of params.yaml: read and checked by the same rules.
 SAMPLE_FLAGS = {
@@ -74,8 +73,7 @@ def sample_settings(args: argparse.Namespace) -> dict[str, object]:
 def generate_command(args: argparse.Namespace) -> None:
     settings = sample_settings(args)
     device = pick_device(settings["device"], "--device")
-    model, tokenizer = load_model(args.model, device)
-    encoding = get_encoding(tokenizer.encoding)
+    model, encoding = load_model(args.model, device)
     context = text_to_token_ids(args.prompt, encoding, device)
     if not 0 < context.size(1) <= model.config.context_length:
         raise ScratchGPTError(

@@ -1,8 +1,11 @@
-"""How well a model predicts held-out text: loss, perplexity and bits per byte.
+"""How well a model predicts held-out text: bits per byte, loss and perplexity.
 
 Loss is the mean cross-entropy (nats per token) and perplexity its exponential; both depend on
-the tokenizer. Bits per byte divides the same total by the UTF-8 bytes of the scored text, so
-models with different tokenizers can be compared.
+the tokenizer: a tokenizer whose tokens hold more text has a higher loss per token for the same
+model quality. Bits per byte is the one yardstick across tokenizers (nanochat's `evaluate_bpb`
+too): the summed cross-entropy of the scored tokens, in bits, over the UTF-8 bytes of the text
+those tokens stand for. End-of-text stands for a document break and counts as one byte, so a
+tokenizer of single bytes scores exactly its loss / ln 2.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ import torch
 
 from scratchgpt.devices import Runtime
 from scratchgpt.tokens import Windows
+
+
+def bits_per_byte(nats: float, size: int) -> float:
+    """The cross-entropy `nats` summed over tokens that stand for `size` bytes of text, in bits per byte."""
+    return nats / math.log(2) / size
 
 
 def token_byte_lengths(encoding: tiktoken.Encoding) -> np.ndarray:
@@ -47,10 +55,11 @@ class Score:
 
     @property
     def bits_per_byte(self) -> float:
-        return self.nats / math.log(2) / self.bytes
+        return bits_per_byte(self.nats, self.bytes)
 
     def to_dict(self) -> dict[str, float | int]:
-        return {"loss": self.loss, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte, "tokens": self.tokens}
+        return {"bits_per_byte": self.bits_per_byte, "loss": self.loss, "perplexity": self.perplexity,
+                "tokens": self.tokens, "bytes": self.bytes}
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from types import TracebackType
 from dvclive import Live
 
 # The curves, in the order they are logged; a row may lack `val_loss` (not an evaluation step).
-CURVES = ("train_loss", "val_loss", "learning_rate", "tokens_seen")
+CURVES = ("train_loss", "val_loss", "val_bpb", "learning_rate", "tokens_seen")
 
 Row = Mapping[str, float | int]
 

@@ -70,6 +70,7 @@ def seed_range() -> Any:
 
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
+Optimizer = Literal["adamw", "muon"]
 Precision = Literal["auto", "fp32", "bf16"]
 
 
@@ -93,7 +94,9 @@ class CleanParams:
 
 @dataclass(frozen=True)
 class TokenizeParams:
-    encoding: str = non_empty()
+    encoding: str = non_empty()  # tiktoken's, used when vocab_size is None
+    # A BPE of this many ids trained on the corpus: the 256 bytes, one merge or more, end-of-text.
+    vocab_size: int | None = _rule(lambda v: 258 <= v <= 2**16, "must be from 258 to 65536 (ids stored as uint16)")
     shard_tokens: int = positive()
 
 
@@ -128,6 +131,9 @@ class TrainParams:
     min_lr: float = non_negative()
     beta1: float = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
     beta2: float = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
+    optimizer: Optimizer  # muon: Muon on the blocks' weight matrices, AdamW on the rest
+    muon_lr: float = positive()  # Muon's peak learning rate (the schedule scales it like AdamW's)
+    muon_weight_decay: float = non_negative()
     eval_freq: int = positive()
     eval_batches: int = positive()
     gradient_clip: float = positive()

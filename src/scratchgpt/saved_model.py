@@ -1,4 +1,6 @@
-"""A model folder: `model.safetensors` (the weights) and `config.json` (how to rebuild them).
+"""A model folder: `model.safetensors` (the weights), `config.json` (how to rebuild them) and,
+for a tokenizer trained on the corpus, its `tokenizer.*` files: everything a model needs to
+read and write text.
 
 Weights are stored as safetensors, which holds tensors and nothing else: loading a model
 never runs pickle, so a downloaded model cannot run code on your machine.
@@ -7,13 +9,14 @@ never runs pickle, so a downloaded model cannot run code on your machine.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+import tiktoken
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from scratchgpt.encodings import is_trained, load_encoding, save_encoding
 from scratchgpt.errors import ScratchGPTError, reason
 from scratchgpt.model import GPT, GPTConfig
 from scratchgpt.outputs import atomic_dir, write_json
@@ -22,27 +25,23 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
-@dataclass(frozen=True)
-class Tokenizer:
-    """Which tiktoken encoding the model reads; `vocab_size` is the encoding's, before padding."""
-
-    encoding: str
-    vocab_size: int
-
-
-def save_model(model: GPT, tokenizer: Tokenizer, folder: str | Path) -> None:
-    """Write the model folder atomically: both files appear together or not at all."""
+def save_model(model: GPT, encoding: tiktoken.Encoding, folder: str | Path) -> None:
+    """Write the model folder atomically: its files appear together or not at all."""
+    if encoding.n_vocab != model.config.vocab_size:
+        raise ValueError(f"the encoding has {encoding.n_vocab} ids, the model {model.config.vocab_size}")
     with atomic_dir(folder) as tmp:
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
         save_file(weights, tmp / WEIGHTS_FILE)
         write_json(
             tmp / CONFIG_FILE,
-            {"model": model.config.to_dict(), "tokenizer": {"encoding": tokenizer.encoding, "vocab_size": tokenizer.vocab_size}},
+            {"model": model.config.to_dict(), "tokenizer": {"encoding": encoding.name, "vocab_size": encoding.n_vocab}},
         )
+        if is_trained(encoding):
+            save_encoding(encoding, tmp)
 
 
-def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer]:
-    """The model saved in `folder`, on `device`, in eval mode, and the tokenizer it expects."""
+def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, tiktoken.Encoding]:
+    """The model saved in `folder`, on `device`, in eval mode, and the tokenizer it reads."""
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not folder.is_dir():
@@ -50,13 +49,17 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
         raise ScratchGPTError(f"{folder}: {what}; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        tokenizer = Tokenizer(**config["tokenizer"])
+        encoding_name = config["tokenizer"]["encoding"]
         # The model's own checks (sizes that fit together) run before any memory is allocated.
         model_config = GPTConfig(**config["model"])
     except FileNotFoundError as e:
         raise ScratchGPTError(f"{config_path}: not found; is {folder} a model folder?") from e
     except (KeyError, TypeError, ValueError) as e:  # ValueError: also bad JSON and bad UTF-8
         raise ScratchGPTError(f"{config_path}: not a valid scratchgpt model config ({reason(e)})") from e
+    encoding = load_encoding(encoding_name, folder)
+    if encoding.n_vocab != model_config.vocab_size:
+        raise ScratchGPTError(f"{config_path}: the model has {model_config.vocab_size} ids, its tokenizer "
+                              f"{encoding_name!r} {encoding.n_vocab}")
     model = GPT(model_config)
     try:
         weights = load_file(weights_path)
@@ -68,4 +71,4 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise ScratchGPTError(f"{weights_path}: weights do not fit {config_path} ({reason(e)})") from e
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), encoding

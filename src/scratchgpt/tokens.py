@@ -20,27 +20,13 @@ import numpy as np
 import tiktoken
 import torch
 
+from scratchgpt.encodings import load_encoding
 from scratchgpt.errors import ScratchGPTError, reason
 from scratchgpt.outputs import write_json
 from scratchgpt.progress import progress
 
 META_FILE = "meta.json"
 ENCODE_BATCH_DOCS = 2048  # documents encoded per batch: bounds memory, keeps every core busy
-
-
-def get_encoding(name: str) -> tiktoken.Encoding:
-    """The tiktoken encoding `name`, with a one-line error if it is unknown or cannot load."""
-    try:
-        return tiktoken.get_encoding(name)
-    except ValueError as e:
-        raise ScratchGPTError(
-            f"tiktoken encoding {name!r} is unknown (known: {', '.join(tiktoken.list_encoding_names())})"
-        ) from e
-    except Exception as e:  # its first use downloads the BPE files
-        raise ScratchGPTError(
-            f"tiktoken encoding {name!r} could not be loaded ({reason(e)}); without "
-            "network access set TIKTOKEN_CACHE_DIR to a folder holding its files"
-        ) from e
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -154,6 +140,10 @@ class TokenShards:
                 f"{folder}: split {split!r} has {found} tokens in its shards, meta.json says "
                 f"{info['tokens']} (re-run the tokenize stage)"
             )
+
+    def load_encoding(self) -> tiktoken.Encoding:
+        """The tokenizer that made these ids; a trained one is saved beside the corpus folders."""
+        return load_encoding(self.encoding, self.folder.parent)
 
     def require_encoding(self, encoding: str, reader: str | Path) -> None:
         """Refuse ids from another tokenizer than the one the model `reader` was trained with."""

@@ -1,8 +1,8 @@
 """The training loop that serves both pretraining and fine-tuning.
 
-AdamW (weight decay on matrices only), a learning rate that rises linearly from 0 to its peak
+AdamW, or Muon with AdamW (`optimizers`), a learning rate that rises linearly from 0 to its peak
 over `warmup_steps` and then follows a cosine down to `min_lr` at the last step, gradient
-clipping, a validation loss every `eval_freq` steps on the same fixed windows, early stopping
+clipping, a validation loss and bits per byte every `eval_freq` steps on the same fixed windows, early stopping
 after `patience` evaluations without a new best, and the best weights kept. An epoch is one
 pass over every training window in a seeded shuffled order.
 """
@@ -18,15 +18,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from scratchgpt import distributed, training_state
 from scratchgpt.devices import Runtime, prepare
 from scratchgpt.errors import ScratchGPTError, warn
-from scratchgpt.evaluation import score
+from scratchgpt.evaluation import Score, score
 from scratchgpt.live_metrics import RunLog
 from scratchgpt.model import GPT
+from scratchgpt.optimizers import make_optimizer
 from scratchgpt.params import TrainParams, bad_value
 from scratchgpt.progress import progress
 from scratchgpt.tokens import Windows
@@ -43,22 +45,6 @@ def learning_rate_at(step: int, total_steps: int, settings: TrainParams) -> floa
     return settings.min_lr + 0.5 * (peak - settings.min_lr) * (1 + math.cos(math.pi * done))
 
 
-def make_optimizer(model: torch.nn.Module, settings: TrainParams) -> torch.optim.AdamW:
-    """AdamW that decays weight matrices and embeddings, never biases or LayerNorm gains.
-
-    On a GPU, the fused kernel updates every parameter in one launch.
-    """
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": settings.weight_decay},
-        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    on_gpu = parameters[0].is_cuda
-    return torch.optim.AdamW(
-        groups, lr=settings.peak_lr, betas=(settings.beta1, settings.beta2), foreach=not on_gpu, fused=on_gpu
-    )
-
-
 @dataclass
 class TrainResult:
     """Where a run stands: per-step history, and where its best validation loss was.
@@ -68,17 +54,19 @@ class TrainResult:
 
     history: list[dict[str, float | int]] = field(default_factory=list)
     best_val_loss: float = math.inf
+    best_val_bpb: float = math.inf  # bits per byte at the best loss's step (no byte counts: inf)
     best_step: int = 0
     steps: int = 0
     tokens_seen: int = 0
     evaluations_since_best: int = 0
     stopped_early: bool = False
 
-    def record_evaluation(self, val_loss: float, patience: int) -> bool:
-        """Note a validation loss at the current step; return whether it is a new best."""
-        improved = val_loss < self.best_val_loss
+    def record_evaluation(self, validation: Score, patience: int) -> bool:
+        """Note a validation score at the current step; return whether its loss is a new best."""
+        improved = validation.loss < self.best_val_loss
         if improved:
-            self.best_val_loss, self.best_step, self.evaluations_since_best = val_loss, self.steps, 0
+            self.best_val_loss, self.best_step, self.evaluations_since_best = validation.loss, self.steps, 0
+            self.best_val_bpb = validation.bits_per_byte if validation.bytes else math.inf
         else:
             self.evaluations_since_best += 1
         self.stopped_early = self.evaluations_since_best >= patience
@@ -87,6 +75,7 @@ class TrainResult:
     def summary(self) -> dict[str, float | int | bool]:
         return {
             "best_val_loss": self.best_val_loss,
+            "best_val_bpb": self.best_val_bpb,
             "best_step": self.best_step,
             "final_train_loss": self.history[-1]["train_loss"],
             "steps": self.steps,
@@ -207,9 +196,10 @@ def optimizer_step(
     forward: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
     targets: torch.Tensor, lr: float, settings: TrainParams, runtime: Runtime,
 ) -> torch.Tensor:
-    """One step on one batch: forward, backward, clip the gradient norm, AdamW; returns the loss."""
+    """One step on one batch: forward, backward, clip the gradient norm, update; returns the loss."""
+    scale = lr / settings.peak_lr  # every parameter group follows the schedule from its own peak
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = group["peak_lr"] * scale
     with runtime.autocast():
         loss = forward(inputs, targets=targets)
     loss.backward()  # under DDP, also averages the gradients over processes
@@ -219,11 +209,14 @@ def optimizer_step(
     return loss
 
 
-def validation_loss(forward: torch.nn.Module, windows: Windows, indices: list[int], batch_size: int, runtime: Runtime) -> float:
-    """Mean loss over the fixed validation windows, every process's share added up."""
-    mine = score(forward, windows, indices, batch_size, runtime)
-    nats, tokens = distributed.sum_all([mine.nats, mine.tokens], runtime.device)
-    return nats / tokens
+def validation_score(
+    forward: torch.nn.Module, windows: Windows, indices: list[int], batch_size: int, runtime: Runtime,
+    byte_lengths: np.ndarray | None,
+) -> Score:
+    """Loss (and bits per byte) over the fixed validation windows, every process's share added up."""
+    mine = score(forward, windows, indices, batch_size, runtime, byte_lengths)
+    nats, tokens, size = distributed.sum_all([mine.nats, mine.tokens, mine.bytes], runtime.device)
+    return Score(nats, int(tokens), int(size))
 
 
 def restore(
@@ -248,12 +241,14 @@ def train(
     section: str,
     state_dir: Path | None = None,
     metrics_dir: Path | None = None,
+    byte_lengths: np.ndarray | None = None,
 ) -> TrainResult:
     """Train `model` in place; on return it holds the weights of the best validation step.
 
     With `state_dir`, the state is saved there at every evaluation and on Ctrl-C, and a run
     that finds a saved state resumes from it and ends exactly as an uninterrupted run would.
-    With `metrics_dir`, the curves are logged there with DVCLive as the run goes.
+    With `metrics_dir`, the curves are logged there with DVCLive as the run goes. With
+    `byte_lengths` (`evaluation.token_byte_lengths`), validation is also scored in bits per byte.
     """
     runtime = prepare(settings.device, settings.precision, settings.num_threads, section)
     _, total_steps = plan_steps(train_windows, settings, section)
@@ -281,8 +276,11 @@ def train(
             if evaluate or interrupt.requested or reads_losses_every_step(runtime):
                 rows = losses.read(runtime.device)
                 if evaluate:
-                    rows[-1]["val_loss"] = validation_loss(forward, val_windows, val_indices, settings.batch_size, runtime)
-                    if result.record_evaluation(rows[-1]["val_loss"], settings.patience):
+                    validation = validation_score(forward, val_windows, val_indices, settings.batch_size, runtime, byte_lengths)
+                    rows[-1]["val_loss"] = validation.loss
+                    if byte_lengths is not None:
+                        rows[-1]["val_bpb"] = validation.bits_per_byte
+                    if result.record_evaluation(validation, settings.patience):
                         best_weights = copy.deepcopy(model.state_dict())
                 result.history += rows
                 for row in rows:
