@@ -27,16 +27,19 @@ SEED_SHAPE = dict(num_heads=8, embed_dim=256, attention_dim=256, num_blocks=8, c
 GPT2_VOCAB = 50257
 
 
-def interleaved(variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 0) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], object]], rounds: int, warmup: int = 0, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, list[float]]:
     """Seconds per call of each variant, calling them in turn each round so that a noisy
-    machine slows them alike; the first `warmup` rounds are not kept."""
+    machine slows them alike; the first `warmup` rounds are not kept. `clock` may be a CPU-time
+    clock (`time.process_time`) for a machine too busy for wall-clock times."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     for round_ in range(warmup + rounds):
         for name, call in variants.items():
-            start = time.perf_counter()
+            start = clock()
             call()
             if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
 
 
