@@ -220,6 +220,8 @@ def main() -> None:
                         help="train.compile; auto: on when the bench's compiled step at batch 32 is --compile-speedup times faster")
     parser.add_argument("--compile-speedup", type=float, default=1.5,
                         help="compiling costs about a minute in calibration and again (cached) in the run")
+    parser.add_argument("--bench", action=argparse.BooleanOptionalAction, default=True,
+                        help="time bench/gpu_throughput.py first (--no-bench: with --compile on/off, straight to the recipe)")
     parser.add_argument("--wheels", type=Path, default=CARRIED / "whl")
     parser.add_argument("--tiny", action="store_true", help="a tiny config on the CPU, to test this script")
     args = parser.parse_args()
@@ -247,10 +249,11 @@ def main() -> None:
             data = data and run.step(stage, [sys.executable, "-m", f"stages.{stage}", *paths], 90)
 
         bench = args.out / "bench.md"
-        bench.unlink(missing_ok=True)
-        run.step("bench_eager", [sys.executable, "bench/gpu_throughput.py", "--no-compile"], 60, bench)
-        run.step("bench_compiled", [sys.executable, "bench/gpu_throughput.py", "--batch-sizes", "32", "256"], 150, bench)
-        rows = bench_rows(bench)
+        if args.bench:
+            bench.unlink(missing_ok=True)
+            run.step("bench_eager", [sys.executable, "bench/gpu_throughput.py", "--no-compile"], 60, bench)
+            run.step("bench_compiled", [sys.executable, "bench/gpu_throughput.py", "--batch-sizes", "32", "256"], 150, bench)
+        rows = bench_rows(bench) if bench.exists() else {}
         speedup = rows.get(("torch.compile", 32), 0) / rows.get(("eager", 32), float("inf"))
         compiled = args.compile == "on" or (args.compile == "auto" and speedup >= args.compile_speedup)
         params["train"]["compile"] = compiled
