@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scratchgpt.explore.trace import TOP_CANDIDATES, keeping_attention, score, trace_continuation
+from scratchgpt.explore.trace import ATTENTION_SCALE, TOP_CANDIDATES, keeping_attention, score, trace_continuation
 from scratchgpt.generate import Sampling, stream
 from scratchgpt.model import GPT, GPTConfig, SelfAttention
 from scratchgpt.tokens import get_encoding
@@ -105,7 +105,7 @@ def test_a_trace_continues_as_generate_does_and_tells_the_truth_about_it(model, 
         assert [c["probability"] for c in candidates] == sorted((c["probability"] for c in candidates), reverse=True)
         assert all(c["text"] == encoding.decode([c["id"]]) for c in candidates)
     for position, token in enumerate(tokens):
-        rows = torch.tensor(token["attention"])  # (blocks, heads, position + 1)
+        rows = torch.tensor(token["attention"]) / ATTENTION_SCALE  # (blocks, heads, position + 1)
         assert rows.shape == (CONFIG.num_blocks, CONFIG.num_heads, position + 1)
         torch.testing.assert_close(rows, weights[:, :, position, : position + 1], atol=1e-4, rtol=0)
 

@@ -5,6 +5,8 @@ chromium-driver`); skipped without them."""
 from __future__ import annotations
 
 import re
+import struct
+import subprocess
 import sys
 
 import pytest
@@ -87,3 +89,12 @@ def test_mistakes_are_a_message_on_the_page(page):
     page.find("#tab-probabilities").click()
     assert page.continue_prompt("Lights go out", top_p="1.5") == "--top-p = 1.5: must be in (0, 1]"
     assert page.continue_prompt("", top_p="0.95").startswith("the prompt is empty")
+
+
+def test_the_screenshot_command_saves_both_views(explore_models, tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "scripts/explore_screenshots.py"), "--model", str(explore_models["finetuned"]),
+                    "--compare", str(explore_models["pretrained"]), "--out", str(tmp_path)], check=True, capture_output=True)
+    for name in ("probabilities.png", "attention.png"):
+        image = (tmp_path / name).read_bytes()
+        width, height = struct.unpack(">II", image[16:24])
+        assert image[:8] == b"\x89PNG\r\n\x1a\n" and width >= 1200 and height >= 800  # the whole page, not a blank one

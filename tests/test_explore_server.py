@@ -61,7 +61,7 @@ def test_info_names_the_models_and_gives_generates_defaults(url):
     status, _, body = get(url + "info")
     info = json.loads(body)
     assert status == 200 and info["model"] == "finetuned" and info["compare"] == "pretrained"
-    assert (info["num_blocks"], info["num_heads"], info["context_length"]) == (2, 2, 64)
+    assert (info["num_blocks"], info["num_heads"], info["context_length"], info["attention_scale"]) == (2, 2, 64, 10_000)
     # `scratchgpt generate`'s defaults; new tokens: half of this tiny context, leaving room for a prompt
     assert info["defaults"] == {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "seed": "", "max_new_tokens": "32"}
 
@@ -76,7 +76,8 @@ def test_generate_streams_start_tokens_compare_end(url):
     for position, token in enumerate(tokens):
         assert set(token) == {"id", "text", "probability", "rank", "candidates", "attention"}
         assert [len(head) for block in token["attention"] for head in block] == [position + 1] * 4  # 2 blocks x 2 heads
-        assert all(sum(head) == pytest.approx(1, abs=1e-3) for block in token["attention"] for head in block)
+        # weights in ten-thousandths, each row summing to 1 but for rounding
+        assert all(abs(sum(head) - 10_000) <= len(head) for block in token["attention"] for head in block)
         if position:
             assert len(token["candidates"]) == 10 and 0 < token["probability"] <= token["candidates"][0]["probability"]
             if token["rank"] <= 10:  # the taken token is among the candidates, with the same probability
@@ -84,6 +85,11 @@ def test_generate_streams_start_tokens_compare_end(url):
     assert compare["model"] == "pretrained" and [t["id"] for t in compare["tokens"]] == [t["id"] for t in tokens]
     assert compare["tokens"][3]["probability"] != tokens[3]["probability"]  # another model, other beliefs
     assert generate(url, seed="5") == events  # a seed repeats the draw
+
+
+def test_a_one_token_prompt_has_nothing_that_predicted_it(url):
+    start, first, *_ = generate(url, prompt="Hello", max_new_tokens="2")
+    assert [t["probability"] for t in start["tokens"]] == [None] and first["token"]["probability"] > 0
 
 
 def test_without_a_seed_each_draw_differs_and_says_its_seed(url):

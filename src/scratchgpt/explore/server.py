@@ -42,7 +42,7 @@ import tiktoken
 import torch
 
 from scratchgpt.errors import ScratchGPTError, reason
-from scratchgpt.explore.trace import score, trace_continuation
+from scratchgpt.explore.trace import ATTENTION_SCALE, score, trace_continuation
 from scratchgpt.generate import Sampling, text_to_token_ids
 from scratchgpt.model import GPT
 from scratchgpt.params import MAX_SEED, SampleParams, parse_flag
@@ -111,6 +111,7 @@ class Explorer:
             "context_length": config.context_length,
             "num_blocks": config.num_blocks,
             "num_heads": config.num_heads,
+            "attention_scale": ATTENTION_SCALE,  # the attention weights sent are whole numbers of 1/this
             # 64 new tokens, or half the context of a smaller model, leaving room for a prompt
             "defaults": {**PAGE_DEFAULTS, "max_new_tokens": str(min(DEFAULT_NEW_TOKENS, config.context_length // 2))},
         }
