@@ -2,7 +2,10 @@
 its probability, ten candidates and every head's attention, serialised to JSON as the server
 sends them; at the article's size (GPT-2's 50,257 ids, 8 blocks, 256 wide, 8 heads, context 256;
 random weights), on the CPU. Target: under 2 s on 2 cores.
-Run: python bench/explore_latency.py [--new-tokens 64] [--rounds 5] [--threads 2]"""
+Run: python bench/explore_latency.py [--new-tokens 64] [--rounds 5] [--threads 2]
+
+On a 2-core machine busy with other work, use --threads 1: two threads then wait on each other
+(OpenMP spins while the other core is taken) and a 1 s continuation took over a minute."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from scratchgpt.cli import main
+from scratchgpt.cli import build_parser, main
 from scratchgpt.explore.server import Explorer, load, serving
 
 SETTINGS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "max_new_tokens": "6"}
@@ -62,8 +62,12 @@ def test_info_names_the_models_and_gives_generates_defaults(url):
     info = json.loads(body)
     assert status == 200 and info["model"] == "finetuned" and info["compare"] == "pretrained"
     assert (info["num_blocks"], info["num_heads"], info["context_length"], info["attention_scale"]) == (2, 2, 64, 10_000)
-    # `scratchgpt generate`'s defaults; new tokens: half of this tiny context, leaving room for a prompt
-    assert info["defaults"] == {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "seed": "", "max_new_tokens": "32"}
+    generate_defaults = vars(build_parser().parse_args(["generate", "a prompt"]))
+    assert info["defaults"] == {
+        **{name: generate_defaults[name] for name in ("temperature", "top_k", "top_p")},  # generate's
+        "seed": "",  # none: a fresh draw each time, as in generate
+        "max_new_tokens": "32",  # half of this tiny context, leaving room for a prompt
+    }
 
 
 def test_generate_streams_start_tokens_compare_end(url):
@@ -108,7 +112,7 @@ def test_without_a_seed_each_draw_differs_and_says_its_seed(url):
         ({"max_new_tokens": "0"}, "--max-new-tokens = 0: must be > 0"),
         ({"seed": "-3"}, "--seed = -3: must be from 0 to"),
         ({"prompt": ""}, "the prompt is empty"),
-        ({"prompt": " word" * 64}, "the prompt is 64 tokens: finetuned reads 64 at most"),
+        ({"prompt": " word" * 64}, "the prompt is 64 tokens: finetuned's context holds 64"),
         ({"max_new_tokens": "62"}, "the prompt (4 tokens) and --max-new-tokens 62 need 66 positions"),
     ],
 )

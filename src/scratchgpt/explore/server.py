@@ -132,8 +132,8 @@ class Explorer:
         context, length, wanted = self.main.model.config.context_length, len(prompt_ids), settings["max_new_tokens"]
         if length >= context:
             raise ScratchGPTError(
-                f"the prompt is {length:,} tokens: {self.main.name} reads {context:,} at most, "
-                "with room for one new token; shorten it"
+                f"the prompt is {length:,} tokens: {self.main.name}'s context holds {context:,}, "
+                "with room needed for at least one new token; shorten the prompt"
             )
         if length + wanted > context:
             raise ScratchGPTError(
