@@ -105,3 +105,24 @@ def make_project(repo: Path) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny project"], repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def explore_models(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny GPT-2-vocabulary models with different random weights, saved as model folders
+    named like the pipeline's (`scratchgpt explore` shows a folder's name)."""
+    import torch
+
+    from scratchgpt.model import GPT, GPTConfig
+    from scratchgpt.saved_model import Tokenizer, save_model
+
+    requires_shared_data()  # the gpt2 encoding, offline
+    root = tmp_path_factory.mktemp("explore")
+    folders = {}
+    for seed, name in enumerate(("finetuned", "pretrained")):
+        torch.manual_seed(seed)
+        config = GPTConfig(vocab_size=50257, num_heads=2, embed_dim=32, attention_dim=32, num_blocks=2,
+                           context_length=64, dropout_rate=0.0)
+        save_model(GPT(config), Tokenizer("gpt2", 50257), root / name)
+        folders[name] = root / name
+    return folders

@@ -1,6 +1,7 @@
 """The `scratchgpt` command: talk to a trained model.
 
     scratchgpt generate --model models/finetuned "lights go out"
+    scratchgpt explore --model models/finetuned --compare models/pretrained
 
 The pipeline itself runs through DVC (`dvc repro`); this command is for using its models.
 """
@@ -18,6 +19,7 @@ import torch
 from scratchgpt.saved_model import load_model
 from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
+from scratchgpt.explore.server import serve
 from scratchgpt.generate import Sampling, stream, text_to_token_ids
 from scratchgpt.params import SampleParams, parse_flag
 
@@ -59,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", default="0.95", help="keep the likeliest tokens up to this probability (default: %(default)s)")
     gen.add_argument("--seed", default=None, help="fix the random draws for a repeatable output")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
+    explore = commands.add_parser(
+        "explore",
+        help="a local page that shows what a model predicts and where it attends",
+        description="Serve a page on this machine: type a prompt and watch the model continue it, each token "
+        "coloured by its probability, with the candidates it weighed and its attention heads' weights.",
+    )
+    explore.add_argument("--model", default="models/finetuned", help="model folder (default: %(default)s)")
+    explore.add_argument("--compare", default=None, help="a second model folder: the same text's probabilities under both")
+    explore.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    explore.add_argument("--port", default=8765, type=int, help="0 picks a free one (default: %(default)s)")
+    explore.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
     return parser
 
 
@@ -96,11 +109,19 @@ def generate_command(args: argparse.Namespace) -> None:
     sys.stdout.write(decoder.decode(b"", final=True) + "\n")
 
 
+def explore_command(args: argparse.Namespace) -> None:
+    device = pick_device(parse_flag(SampleParams, "device", args.device, "--device"), "--device")
+    serve(args.model, args.compare, args.host, args.port, device)
+
+
+COMMANDS = {"generate": generate_command, "explore": explore_command}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_error():
         try:
-            generate_command(args)
+            COMMANDS[args.command](args)
         except BrokenPipeError:
             # The reader stopped reading (`| head`): stop quietly, as other command-line tools
             # do; stdout goes to devnull so that Python's final flush does not fail again.

@@ -96,22 +96,33 @@ class SelfAttention(nn.Module):
     Position i attends only to positions <= i, so the model never sees the tokens it must
     predict. When decoding one new token against a cache, every cached position is in its
     past, so no mask is needed.
+
+    With `keep_weights` set (`scratchgpt explore` sets it), the same maths is written out step by
+    step, softmax(QK^T / sqrt(d)) then weights @ V, so the attention weights the output is made
+    of can be kept in `weights`, (batch, heads, new, seen); the fused kernel never exposes them.
     """
 
     def __init__(self, dropout_rate: float):
         super().__init__()
         self.dropout_rate = dropout_rate
+        self.keep_weights = False
+        self.weights: torch.Tensor | None = None
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         # queries: (batch, heads, new, head_dim); keys, values: (batch, heads, seen, head_dim)
         new, seen = queries.size(2), keys.size(2)
         assert new in (1, seen), "queries are either the whole sequence or one new token"
+        dropout_p = self.dropout_rate if self.training else 0.0
+        causal = new == seen and new > 1
+        if self.keep_weights:
+            scores = queries @ keys.transpose(-2, -1) / math.sqrt(queries.size(-1))  # (batch, heads, new, seen)
+            if causal:
+                future = torch.ones(new, seen, dtype=torch.bool, device=scores.device).triu(1)
+                scores = scores.masked_fill(future, -math.inf)
+            self.weights = F.dropout(torch.softmax(scores.float(), dim=-1).to(values.dtype), dropout_p)
+            return self.weights @ values
         return F.scaled_dot_product_attention(  # (batch, heads, new, head_dim)
-            queries,
-            keys,
-            values,
-            dropout_p=self.dropout_rate if self.training else 0.0,
-            is_causal=new == seen and new > 1,
+            queries, keys, values, dropout_p=dropout_p, is_causal=causal
         )
 
 

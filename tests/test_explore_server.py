@@ -1,0 +1,175 @@
+"""`scratchgpt explore`'s server: the JSON it streams, the page it serves (offline), and every
+mistake as one line, on the page or at start-up."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+
+from scratchgpt.cli import build_parser, main
+from scratchgpt.explore.server import Explorer, load, serving
+
+SETTINGS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "max_new_tokens": "6"}
+
+
+@pytest.fixture(scope="module")
+def url(explore_models):
+    explorer = Explorer(load(explore_models["finetuned"], "cpu"), load(explore_models["pretrained"], "cpu"))
+    with serving(explorer) as address:
+        yield address
+
+
+def get(address: str) -> tuple[int, dict, bytes]:
+    try:
+        with urllib.request.urlopen(address) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def post(address: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(address + "generate", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def generate(address: str, **form: str) -> list[dict]:
+    status, body = post(address, json.dumps({"prompt": "Lights go out", **SETTINGS, **form}).encode())
+    assert status == 200, body
+    return [json.loads(line) for line in body.decode().splitlines()]
+
+
+def test_the_page_is_self_contained_and_may_reach_nothing_else(url):
+    status, headers, page = get(url)
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert not re.search(rb"(src|href)\s*=|@import|url\(|https?://", page)  # nothing fetched, inline only
+    assert "default-src 'none'" in headers["Content-Security-Policy"]  # and the browser enforces it
+
+
+def test_info_names_the_models_and_gives_generates_defaults(url):
+    status, _, body = get(url + "info")
+    info = json.loads(body)
+    assert status == 200 and info["model"] == "finetuned" and info["compare"] == "pretrained"
+    assert (info["num_blocks"], info["num_heads"], info["context_length"], info["attention_scale"]) == (2, 2, 64, 10_000)
+    generate_defaults = vars(build_parser().parse_args(["generate", "a prompt"]))
+    assert info["defaults"] == {
+        **{name: generate_defaults[name] for name in ("temperature", "top_k", "top_p")},  # generate's
+        "seed": "",  # none: a fresh draw each time, as in generate
+        "max_new_tokens": "32",  # half of this tiny context, leaving room for a prompt
+    }
+
+
+def test_generate_streams_start_tokens_compare_end(url):
+    events = generate(url, seed="5")
+    assert [e["type"] for e in events] == ["start"] + ["token"] * 6 + ["compare", "end"]
+    start, *steps, compare, _ = events
+    assert start["seed"] == 5
+    tokens = start["tokens"] + [e["token"] for e in steps]
+    assert "".join(t["text"] for t in start["tokens"]) == "Lights go out"
+    for position, token in enumerate(tokens):
+        assert set(token) == {"id", "text", "probability", "rank", "candidates", "attention"}
+        assert [len(head) for block in token["attention"] for head in block] == [position + 1] * 4  # 2 blocks x 2 heads
+        # weights in ten-thousandths, each row summing to 1 but for rounding
+        assert all(abs(sum(head) - 10_000) <= len(head) for block in token["attention"] for head in block)
+        if position:
+            assert len(token["candidates"]) == 10 and 0 < token["probability"] <= token["candidates"][0]["probability"]
+            if token["rank"] <= 10:  # the taken token is among the candidates, with the same probability
+                assert token["candidates"][token["rank"] - 1]["id"] == token["id"]
+    assert compare["model"] == "pretrained" and [t["id"] for t in compare["tokens"]] == [t["id"] for t in tokens]
+    assert compare["tokens"][3]["probability"] != tokens[3]["probability"]  # another model, other beliefs
+    assert generate(url, seed="5") == events  # a seed repeats the draw
+
+
+def test_a_one_token_prompt_has_nothing_that_predicted_it(url):
+    start, first, *_ = generate(url, prompt="Hello", max_new_tokens="2")
+    assert [t["probability"] for t in start["tokens"]] == [None] and first["token"]["probability"] > 0
+
+
+def test_without_a_seed_each_draw_differs_and_says_its_seed(url):
+    first, second = generate(url, seed="")[0], generate(url)[0]
+    assert first["seed"] != second["seed"]
+    again = generate(url, seed=str(first["seed"]))
+    assert again[0]["seed"] == first["seed"]
+
+
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ({"top_p": "1.5"}, "--top-p = 1.5: must be in (0, 1]"),  # what `scratchgpt generate --top-p 1.5` says
+        ({"temperature": "-1"}, "--temperature = -1: must be >= 0"),
+        ({"top_k": "2.5"}, "--top-k = 2.5: must be a whole number"),
+        ({"max_new_tokens": "0"}, "--max-new-tokens = 0: must be > 0"),
+        ({"seed": "-3"}, "--seed = -3: must be from 0 to"),
+        ({"prompt": ""}, "the prompt is empty"),
+        ({"prompt": " word" * 64}, "the prompt is 64 tokens: finetuned's context holds 64"),
+        ({"max_new_tokens": "62"}, "the prompt (4 tokens) and --max-new-tokens 62 need 66 positions"),
+    ],
+)
+def test_a_bad_prompt_or_setting_is_one_line_for_the_page(url, form, message):
+    status, body = post(url, json.dumps({"prompt": "Lights go out", **SETTINGS, **form}).encode())
+    assert status == 400
+    error = json.loads(body)["error"]
+    assert message in error and "\n" not in error
+
+
+def test_a_request_that_is_not_json_or_not_a_page(url):
+    status, body = post(url, b"{prompt")
+    assert status == 400 and json.loads(body)["error"].startswith("the request is not JSON")
+    status, _, body = get(url + "etc/passwd")
+    assert status == 404 and "no such page" in json.loads(body)["error"]  # serves no file
+
+
+def run_cli(capsys, *args: str) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as exit_:
+        main(["explore", *args])
+    return exit_.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_missing_or_damaged_model_folder_is_one_line(explore_models, tmp_path, capsys):
+    code, lines = run_cli(capsys, "--model", str(tmp_path / "nowhere"))
+    assert code == 1 and lines == [f"error: {tmp_path / 'nowhere'}: not found; a model folder holds config.json and model.safetensors"]
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_text((explore_models["finetuned"] / "config.json").read_text())
+    (damaged / "model.safetensors").write_bytes(b"\0" * 100)
+    code, lines = run_cli(capsys, "--model", str(damaged), "--compare", str(explore_models["pretrained"]))
+    assert code == 1 and len(lines) == 1 and "corrupted or not a safetensors file" in lines[0]
+
+
+def test_a_port_in_use_is_one_line(explore_models, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, lines = run_cli(capsys, "--model", str(explore_models["finetuned"]), "--port", str(port))
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port} (") and "choose another --host or --port" in lines[0]
+
+
+def test_it_says_its_address_in_one_line_and_stops_cleanly_on_ctrl_c(explore_models):
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from scratchgpt.cli import main; main()", "explore",
+         "--model", str(explore_models["finetuned"]), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        address = re.fullmatch(r"scratchgpt explore: (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops it\)\n", line)
+        assert address, line
+        assert get(address[1] + "info")[0] == 200
+        server.send_signal(signal.SIGINT)
+        stdout, stderr = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert server.returncode == 0 and stdout == "" and stderr == "stopped\n"
