@@ -21,7 +21,7 @@ from measure import GPT2_VOCAB, SEED_SHAPE, markdown_table
 from scratchgpt.explore.trace import trace_continuation
 from scratchgpt.generate import Sampling, stream
 from scratchgpt.model import GPT, GPTConfig
-from scratchgpt.tokens import get_encoding
+from scratchgpt.encodings import get_encoding
 
 PROMPT = "The movie starts with a long shot of the city at night, and"
 

@@ -114,7 +114,8 @@ def explore_models(tmp_path_factory) -> dict[str, Path]:
     import torch
 
     from scratchgpt.model import GPT, GPTConfig
-    from scratchgpt.saved_model import Tokenizer, save_model
+    from scratchgpt.encodings import get_encoding
+    from scratchgpt.saved_model import save_model
 
     requires_shared_data()  # the gpt2 encoding, offline
     root = tmp_path_factory.mktemp("explore")
@@ -123,6 +124,6 @@ def explore_models(tmp_path_factory) -> dict[str, Path]:
         torch.manual_seed(seed)
         config = GPTConfig(vocab_size=50257, num_heads=2, embed_dim=32, attention_dim=32, num_blocks=2,
                            context_length=64, dropout_rate=0.0)
-        save_model(GPT(config), Tokenizer("gpt2", 50257), root / name)
+        save_model(GPT(config), get_encoding("gpt2"), root / name)
         folders[name] = root / name
     return folders

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scratchgpt.explore.trace import ATTENTION_SCALE, TOP_CANDIDATES, keeping_attention, score, trace_continuation
 from scratchgpt.generate import Sampling, stream
 from scratchgpt.model import GPT, GPTConfig, SelfAttention
-from scratchgpt.tokens import get_encoding
+from scratchgpt.encodings import get_encoding
 
 CONFIG = GPTConfig(vocab_size=50257, num_heads=2, embed_dim=32, attention_dim=32, num_blocks=2, context_length=64, dropout_rate=0.0)
 

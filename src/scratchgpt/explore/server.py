@@ -47,7 +47,6 @@ from scratchgpt.generate import Sampling, text_to_token_ids
 from scratchgpt.model import GPT
 from scratchgpt.params import MAX_SEED, SampleParams, parse_flag
 from scratchgpt.saved_model import load_model
-from scratchgpt.tokens import get_encoding
 
 PAGE = resources.files(__package__).joinpath("page.html").read_bytes()
 # The page may run its own inline script and style and talk to this server, and nothing else.
@@ -74,8 +73,8 @@ class LoadedModel:
 def load(folder: str | Path, device: torch.device | str) -> LoadedModel:
     """A model folder as a model and the tokenizer it reads: the one place that knows where the
     tokenizer comes from."""
-    model, tokenizer = load_model(folder, device)
-    return LoadedModel(Path(folder).resolve().name, model, get_encoding(tokenizer.encoding))
+    model, encoding = load_model(folder, device)
+    return LoadedModel(Path(folder).resolve().name, model, encoding)
 
 
 @dataclass(frozen=True)
