@@ -97,6 +97,29 @@ def test_killed_and_interrupted_training_resumes_to_the_same_bytes(project):
 
 
 @pytest.mark.e2e
+def test_sigterm_stops_training_like_ctrl_c_and_it_resumes_to_the_same_bytes(project):
+    """SIGTERM (timeout, systemd, schedulers, cancelled CI jobs) finishes the step and saves."""
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SLOW), sort_keys=False))
+    run([*DVC, "repro", "tokenize"], project)
+
+    stopped = interrupt(project, signal.SIGTERM)
+    assert stopped.returncode != 0
+    [line] = [line for line in stopped.stdout.splitlines() if "SIGTERM" in line]
+    step = saved_step(project)
+    assert line == f"stopped by SIGTERM at step {step}, state saved in {state_files(project)[0].parent.relative_to(project)}; `dvc repro` resumes"
+    assert not (project / "models/pretrained").exists()
+    assert not (project / "metrics/train").exists()
+
+    finished = run([*DVC, "repro", "pretrain"], project)
+    assert f"resuming at step {step}" in finished.stdout
+    assert state_files(project) == []
+    assert curve_steps(project) == list(range(1, 49))
+    resumed = outputs(project)
+    run([*DVC, "repro", "--force", "--no-run-cache", "pretrain"], project)
+    assert outputs(project) == resumed
+
+
+@pytest.mark.e2e
 def test_the_curves_can_be_read_while_the_stage_runs(project):
     params = tiny_params(**{**SLOW, "train": {**SLOW["train"], "max_steps": 2000}})  # killed long before the end
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -116,7 +116,10 @@ def run(main: Callable[..., None]) -> None:
     args = sys.argv[1:]
     if len(args) != len(names):
         module = Path(sys.argv[0]).stem
-        print(f"usage: python -m stages.{module} {' '.join(n.upper() for n in names)}", file=sys.stderr)
+        expected = " ".join(name.upper() for name in names)
+        print(f"usage: python -m stages.{module} {expected}\n"
+              f"error: stages.{module} takes {len(names)} path(s) ({expected}), got {len(args)}; "
+              f"`dvc repro {module}` runs it with the paths in dvc.yaml", file=sys.stderr)
         sys.exit(2)
     paths = [Path(arg) for arg in args]
     with exit_on_error():
