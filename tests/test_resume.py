@@ -194,6 +194,21 @@ def test_what_killed_runs_leave_goes_even_when_dvc_restores_their_stage(project)
     assert list((project / ".ckpt").iterdir()) == []  # finetune's own state went on success
 
 
+@pytest.mark.e2e
+def test_a_killed_run_that_dvc_restores_from_its_run_cache_leaves_no_state(project):
+    """Killed while running again with inputs that an earlier run finished: DVC restores that
+    run's outputs instead of running the stage, so nothing would ever resume the state."""
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SLOW), sort_keys=False))
+    run([*DVC, "repro", "pretrain"], project)  # these inputs are in the run-cache now
+    interrupt(project, signal.SIGKILL, "--force", "--single-item")
+    [state] = state_files(project)
+
+    output = run([*DVC, "repro", "finetune"], project).stdout
+    assert "Stage 'pretrain' is cached - skipping run" in output, output
+    assert f"removed .ckpt/{state.parent.name}: " in output
+    assert list((project / ".ckpt").glob("*")) == []
+
+
 def _tiny_training_state(folder: Path):
     from scratchgpt.model import GPT
     from scratchgpt.training_state import save_state
