@@ -8,9 +8,10 @@ import torch
 from scratchgpt import params, stage
 from scratchgpt.saved_model import load_model
 from scratchgpt.devices import prepare
-from scratchgpt.generate import Sampling, generate, text_to_token_ids
+from scratchgpt.generate import Sampling, stream, text_to_token_ids
 from scratchgpt.outputs import atomic_file
 from scratchgpt.params import bad_value
+from scratchgpt.progress import progress
 
 
 def cell(text: str) -> str:
@@ -34,9 +35,10 @@ def main(pretrained: Path, finetuned: Path, out: Path) -> None:
                     f"is {context.size(1)} tokens; a prompt needs 1 to {model.config.context_length} (the model's context)",
                 )
             generator = torch.Generator(device).manual_seed(settings.seed + index)
-            ids = generate(model, context, max_new_tokens=settings.max_new_tokens,
-                           context_length=model.config.context_length, sampling=sampling, generator=generator)
-            columns[name].append(encoding.decode(ids[0, context.size(1):].tolist()))
+            tokens = stream(model, context, max_new_tokens=settings.max_new_tokens,
+                            context_length=model.config.context_length, sampling=sampling, generator=generator)
+            bar = progress(tokens, total=settings.max_new_tokens, desc=f"{name}, prompt {index + 1}", unit="token")
+            columns[name].append(encoding.decode([int(token) for token in bar]))
     lines = [
         "# Samples",
         "",

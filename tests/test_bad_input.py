@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from safetensors.torch import load_file, save_file
@@ -72,6 +74,16 @@ def latin1_lyrics(repo, tmp):
     (tmp / "latin1.txt").write_bytes("Caf\xe9 song".encode("latin-1"))
     set_params(repo, data={"lyrics": {"source": str(tmp / "latin1.txt")}})
     return stage(repo, "download", "out"), ["latin1.txt", "not UTF-8"]
+
+
+def null_reviews(repo, tmp):
+    folder = tmp / "imdb"
+    folder.mkdir()
+    for split in ("train", "test"):
+        pq.write_table(pa.table({"text": ["Good.", None], "label": [1, 0]}), folder / f"{split}.parquet")
+    set_params(repo, data={"imdb": {"source": str(folder)}})
+    return (stage(repo, "download", "out"),
+            ["train.parquet (data.imdb.source), split 'train', column 'text': 1 of 2 rows are not text (1 null)"])
 
 
 def nothing_left_after_cleaning(repo, tmp):
@@ -156,7 +168,7 @@ def unwritable_output(repo, tmp):
             ["a_file/out.json: cannot write this output here"])
 
 
-CASES = [missing_source, empty_lyrics, latin1_lyrics, nothing_left_after_cleaning, unknown_key, bad_top_p,
+CASES = [missing_source, empty_lyrics, latin1_lyrics, null_reviews, nothing_left_after_cleaning, unknown_key, bad_top_p,
          infinite_temperature, huge_seed, batch_that_does_not_split, prompt_too_long, missing_weights,
          corrupted_weights, model_is_a_file, tokens_of_another_encoding, truncated_shard, unwritable_output]
 

@@ -37,7 +37,8 @@ def generate(model_folder, *flags: str) -> subprocess.CompletedProcess:
         (["--temperature", "-1"], "--temperature = -1: must be >= 0"),
         (["--temperature", ".inf"], "--temperature = inf: must be a finite number"),
         (["--temperature", "nan"], "--temperature = 'nan': must be a number"),
-        (["--max-new-tokens", "0"], "--max-new-tokens = 0: must be > 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens = 0: must be from 1 to 4,096"),
+        (["--max-new-tokens", "100000"], "--max-new-tokens = 100000: must be from 1 to 4,096: past the model's context"),
         (["--max-new-tokens", "many"], "--max-new-tokens = 'many': must be a whole number"),
         (["--top-k", "2.5"], "--top-k = 2.5: must be a whole number"),
         (["--seed", str(2**64)], f"--seed = {2**64}: must be from 0 to"),
@@ -51,6 +52,12 @@ def test_bad_flags_are_one_line(model_folder, flags, message):
     assert result.returncode in (1, 2) and len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     assert "params.yaml" not in lines[0] and "_positive_int" not in lines[0]
+
+
+def test_help_says_what_a_long_generation_costs():
+    result = subprocess.run([*CLI, "generate", "--help"], capture_output=True, text=True)
+    words = " ".join(result.stdout.split())  # argparse wraps the help text
+    assert "1 to 4,096" in words and "past it, every token re-runs the whole window" in words
 
 
 def test_absent_device_names_the_flag_not_params(model_folder):

@@ -109,7 +109,7 @@ def test_without_a_seed_each_draw_differs_and_says_its_seed(url):
         ({"top_p": "1.5"}, "--top-p = 1.5: must be in (0, 1]"),  # what `scratchgpt generate --top-p 1.5` says
         ({"temperature": "-1"}, "--temperature = -1: must be >= 0"),
         ({"top_k": "2.5"}, "--top-k = 2.5: must be a whole number"),
-        ({"max_new_tokens": "0"}, "--max-new-tokens = 0: must be > 0"),
+        ({"max_new_tokens": "0"}, "--max-new-tokens = 0: must be from 1 to 4,096"),
         ({"seed": "-3"}, "--seed = -3: must be from 0 to"),
         ({"prompt": ""}, "the prompt is empty"),
         ({"prompt": " word" * 64}, "the prompt is 64 tokens: finetuned's context holds 64"),

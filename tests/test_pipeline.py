@@ -145,3 +145,31 @@ def test_two_runs_from_scratch_give_the_same_bytes(project):
         shutil.rmtree(project / path, ignore_errors=True)
     run_dvc(project, "repro", "--force", "--no-run-cache")
     assert lock_hashes(project) == first
+
+
+@pytest.mark.e2e
+def test_a_trained_tokenizer_and_muon_end_to_end(project):
+    """`tokenize.vocab_size` trains a BPE that every model folder carries; Muon trains both
+    stages; every score is in bits per byte; the CLI needs nothing but the model folder."""
+    import json
+    import sys
+
+    from conftest import tiny_params
+
+    params = tiny_params(tokenize={"vocab_size": 400}, train={"optimizer": "muon"}, finetune={"optimizer": "muon"})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([*DVC, "repro"], project)
+    meta = json.loads((project / "data/tokens/imdb/meta.json").read_text())
+    assert re.fullmatch(r"bpe400-[0-9a-f]{12}", meta["encoding"]) and meta["vocab_size"] == 400
+    for name in ("tokenizer.tiktoken", "tokenizer.json"):
+        for model in ("pretrained", "finetuned"):
+            assert (project / "models" / model / name).read_bytes() == (project / "data/tokens" / name).read_bytes()
+    for stage in ("train", "finetune"):
+        metrics = json.loads((project / f"metrics/{stage}/metrics.json").read_text())
+        assert 0 < metrics["best_val_bpb"] < 20
+        assert (project / f"metrics/{stage}/plots/metrics/val_bpb.tsv").exists()
+    scores = json.loads((project / "metrics/evaluate.json").read_text())
+    assert list(scores["finetuned"]["lyrics_val"])[0] == "bits_per_byte"
+    generated = run([sys.executable, "-c", "from scratchgpt.cli import main; main()", "generate", "--model",
+                     "models/finetuned", "--max-new-tokens", "5", "--seed", "1", "Lights go out"], project)
+    assert generated.stdout.startswith("Lights go out") and len(generated.stdout) > len("Lights go out\n")

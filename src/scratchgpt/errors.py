@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
+from types import FrameType
 
 
 class ScratchGPTError(Exception):
@@ -21,6 +23,23 @@ def reason(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM, stopping a run; its message says what was kept.
+
+    SIGTERM is what `timeout`, systemd, schedulers, containers and cancelled CI jobs send. It is
+    a KeyboardInterrupt, so that every `finally` and `with` block runs as it does on Ctrl-C:
+    temporaries are removed and no output is half-written.
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        self.signum = signum
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}; no output written")
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
 def warn(message: str) -> None:
     """One line on stderr for something the run survives but the user should know."""
     print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -29,7 +48,10 @@ def warn(message: str) -> None:
 @contextlib.contextmanager
 def exit_on_error() -> Iterator[None]:
     """A ScratchGPTError or an operating-system error (a file that cannot be read or written)
-    becomes `error: ...` on stderr and exit status 1; Ctrl-C exits 130."""
+    becomes `error: ...` on stderr and exit status 1. Ctrl-C and SIGTERM stop the block as an
+    `Interrupted` (SIGTERM would otherwise end the process at once, skipping every clean-up):
+    one line on stderr, and exit status 128 + the signal's number (130, 143), as shells report."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         yield
     except ScratchGPTError as e:
@@ -39,6 +61,8 @@ def exit_on_error() -> Iterator[None]:
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or reason(e)}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted", file=sys.stderr)
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -8,8 +8,10 @@ never runs pickle, so a downloaded model cannot run code on your machine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import tiktoken
 import torch
@@ -49,6 +51,7 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
         raise ScratchGPTError(f"{folder}: {what}; a model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
+        _require_known_keys(config, config_path)
         encoding_name = config["tokenizer"]["encoding"]
         # The model's own checks (sizes that fit together) run before any memory is allocated.
         model_config = GPTConfig(**config["model"])
@@ -67,8 +70,39 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[
         raise ScratchGPTError(f"{weights_path}: not found; the model folder is incomplete") from e
     except (SafetensorError, OSError, ValueError) as e:
         raise ScratchGPTError(f"{weights_path}: corrupted or not a safetensors file ({reason(e)})") from e
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise ScratchGPTError(f"{weights_path}: weights do not fit {config_path} ({reason(e)})") from e
+    mismatches = _mismatches(model.state_dict(), weights)
+    if mismatches:
+        raise ScratchGPTError(f"{weights_path}: weights do not fit {config_path}: {mismatches}")
+    model.load_state_dict(weights)
     return model.to(device).eval(), encoding
+
+
+# config.json's sections and the keys each may hold: anything else is a mistake, never ignored.
+_CONFIG_KEYS = {"model": [f.name for f in dataclasses.fields(GPTConfig)], "tokenizer": ["encoding", "vocab_size"]}
+
+
+def _require_known_keys(config: Any, config_path: Path) -> None:
+    """Refuse a key that config.json should not have, naming it: `model.num_head`, say."""
+    if not isinstance(config, dict):
+        raise TypeError("not a JSON object")
+    for section, value in config.items():
+        if section not in _CONFIG_KEYS:
+            raise ScratchGPTError(f"{config_path}: {section}: unknown key (known: {', '.join(_CONFIG_KEYS)})")
+        known = _CONFIG_KEYS[section]
+        for key in value if isinstance(value, dict) else []:
+            if key not in known:
+                raise ScratchGPTError(f"{config_path}: {section}.{key}: unknown key (known: {', '.join(known)})")
+
+
+def _mismatches(expected: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """The tensors that differ between the model a config builds and the saved weights, in
+    words: a missing or extra name, or a shape (saved, then expected); '' when they fit."""
+    problems = [f"{name} missing" for name in sorted(expected.keys() - weights.keys())]
+    problems += [f"{name} not in the model" for name in sorted(weights.keys() - expected.keys())]
+    problems += [
+        f"{name} is {tuple(weights[name].shape)}, the config makes {tuple(expected[name].shape)}"
+        for name in sorted(expected.keys() & weights.keys())
+        if weights[name].shape != expected[name].shape
+    ]
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "; ".join(problems[:shown]) + more

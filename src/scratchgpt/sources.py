@@ -5,17 +5,26 @@ IMDb comes out as one table per split (train, test, unsupervised) with `text` an
 put in a canonical order, by a hash of their content, so the hub and a local copy of the same
 data give byte-identical files, and `max_docs` keeps the same documents whatever order the
 source listed them in.
+
+Every value of a text column must be a string: a null, a number, bytes or a list is refused in
+one line that names the file (or hub id), split and column and counts the bad rows, since no
+rule could guess the text it stands for (and writing `143` or `nan` as a review would train on
+it). An empty or blank string is a document with nothing in it: it is skipped, and counted in a
+warning, as the `clean` stage drops what cleaning leaves empty.
 """
 
 from __future__ import annotations
 
 import lzma
+import math
 import re
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -38,6 +47,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # What a damaged archive raises as it is decompressed and read, besides tarfile's own errors.
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+# Each split's tables, each with where it came from (a file, or the hub id) for error messages.
+Parts = dict[str, list[tuple[str, pd.DataFrame]]]
 
 
 class SourceError(ScratchGPTError):
@@ -63,7 +75,7 @@ def _local_path(source: str) -> Path | None:
     return None
 
 
-def _from_hub(source: str, revision: str | None, key: str) -> dict[str, pd.DataFrame]:
+def _from_hub(source: str, revision: str | None, key: str) -> Parts:
     import datasets  # slow to import; only hub sources need it
 
     if revision is None or not _COMMIT.match(revision):
@@ -82,7 +94,7 @@ def _from_hub(source: str, revision: str | None, key: str) -> dict[str, pd.DataF
             f"no such local file or folder, and the Hugging Face Hub could not load it "
             f"({reason(e)}); without network access, point {key}.source at a local copy",
         ) from e
-    return {name: split.to_pandas() for name, split in dataset.items()}
+    return {name: [(source, split.to_pandas())] for name, split in dataset.items()}
 
 
 def _decode(content: bytes, name: str | Path) -> str:
@@ -103,24 +115,26 @@ def _read_bytes(path: Path) -> bytes:
 def _read_table(path: Path) -> pd.DataFrame:
     try:
         if path.suffix == ".csv":
-            return pd.read_csv(path, keep_default_na=False)
+            # An empty cell is an empty string, not a null; one type per column for the whole
+            # file (by default pandas guesses per block of rows, mixing numbers and strings).
+            return pd.read_csv(path, keep_default_na=False, low_memory=False)
         return pd.read_parquet(path)
     except Exception as e:  # pandas and pyarrow raise many types for a damaged file
         raise SourceError(f"{path}: cannot read it as {path.suffix[1:]} ({reason(e)})") from e
 
 
-def _tables_by_split(folder: Path) -> dict[str, pd.DataFrame]:
+def _tables_by_split(folder: Path) -> Parts:
     """Parquet or csv files named by split: `train.parquet`, `test-00000-of-00001.parquet`, ..."""
-    parts: dict[str, list[pd.DataFrame]] = {}
+    parts: Parts = {}
     for path in sorted(folder.rglob("*")):
         if path.suffix in TABLE_SUFFIXES and path.is_file():
             split = re.split(r"[-_.]", path.name, maxsplit=1)[0]
-            parts.setdefault(split, []).append(_read_table(path))
-    return {split: pd.concat(frames, ignore_index=True) for split, frames in parts.items()}
+            parts.setdefault(split, []).append((str(path), _read_table(path)))
+    return parts
 
 
-def _aclimdb_rows(files: Iterator[tuple[str, str]]) -> dict[str, pd.DataFrame]:
-    """Rows by split from (name inside aclImdb, text) pairs."""
+def _aclimdb_rows(files: Iterator[tuple[str, str]], origin: Path) -> Parts:
+    """Rows by split from (name inside aclImdb, text) pairs read from `origin`."""
     rows: dict[str, list[tuple[str, int]]] = {split: [] for split in IMDB_SPLITS}
     for name, text in files:
         match = _ACLIMDB_FILE.search(name)
@@ -129,7 +143,7 @@ def _aclimdb_rows(files: Iterator[tuple[str, str]]) -> dict[str, pd.DataFrame]:
             split = "unsupervised" if kind == "unsup" else split
             rows[split].append((text, _ACLIMDB_LABELS[kind]))
     return {
-        split: pd.DataFrame(r, columns=["text", "label"]) for split, r in rows.items() if r
+        split: [(str(origin), pd.DataFrame(r, columns=["text", "label"]))] for split, r in rows.items() if r
     }
 
 
@@ -166,27 +180,27 @@ def _require_whole(archive: tarfile.TarFile) -> None:
         raise tarfile.ReadError("truncated: no end-of-archive marker")
 
 
-def _local_imdb(path: Path, key: str, source: str) -> dict[str, pd.DataFrame]:
+def _local_imdb(path: Path, key: str, source: str) -> Parts:
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
         try:
-            return _aclimdb_rows(_aclimdb_tarball(path))
+            return _aclimdb_rows(_aclimdb_tarball(path), path)
         except _ARCHIVE_ERRORS as e:
             raise _fail(key, source, f"not a readable tar archive ({reason(e)})") from e
     if path.is_dir():
         for root in (path, path / "aclImdb"):
             if (root / "train" / "pos").is_dir():
-                return _aclimdb_rows(_aclimdb_folder(root))
+                return _aclimdb_rows(_aclimdb_folder(root), root)
         return _tables_by_split(path)
     raise _fail(key, source, "unknown format: expected a folder of parquet or csv files, "
                 "an aclImdb folder, or aclImdb_v1.tar.gz")
 
 
-def _local_lyrics(path: Path, key: str, source: str) -> dict[str, pd.DataFrame]:
+def _local_lyrics(path: Path, key: str, source: str) -> Parts:
     if path.suffix == ".txt":
         songs = [s.strip() for s in _decode(_read_bytes(path), path).split("\n\n\n")]
-        return {LYRICS_SPLIT: pd.DataFrame({"text": [s for s in songs if s]})}
+        return {LYRICS_SPLIT: [(str(path), pd.DataFrame({"text": [s for s in songs if s]}))]}
     if path.suffix in TABLE_SUFFIXES:
-        return {LYRICS_SPLIT: _read_table(path)}
+        return {LYRICS_SPLIT: [(str(path), _read_table(path))]}
     if path.is_dir():
         return _tables_by_split(path)
     raise _fail(key, source, "unknown format: expected a .txt (songs separated by two blank "
@@ -195,7 +209,7 @@ def _local_lyrics(path: Path, key: str, source: str) -> dict[str, pd.DataFrame]:
 
 def _canonical(frame: pd.DataFrame, with_label: bool, max_docs: int | None) -> pa.Table:
     """Rows sorted by content hash (then label), capped to `max_docs`, in the one schema."""
-    texts = frame["text"].astype(str).tolist()
+    texts = frame["text"].tolist()  # strings only: see `_documents`
     labels = frame["label"].astype("int64").tolist() if with_label else [0] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: (stable_hash(texts[i]), labels[i], texts[i]))
     order = order[:max_docs]
@@ -205,7 +219,7 @@ def _canonical(frame: pd.DataFrame, with_label: bool, max_docs: int | None) -> p
     return pa.table(columns)
 
 
-def _load(params: SourceParams, key: str, read_local) -> dict[str, pd.DataFrame]:
+def _load(params: SourceParams, key: str, read_local) -> Parts:
     try:
         path = _local_path(params.source)
     except FileNotFoundError as e:
@@ -215,10 +229,70 @@ def _load(params: SourceParams, key: str, read_local) -> dict[str, pd.DataFrame]
     return read_local(path, key, params.source)
 
 
-def _require_text(frame: pd.DataFrame, split: str, key: str, source: str) -> None:
-    if "text" not in frame.columns:
-        raise _fail(key, source, f"split {split!r} has no text column "
-                    f"(columns: {', '.join(map(str, frame.columns)) or 'none'})")
+def _kind(value: object) -> str:
+    """What a value in a table is, in the words of an error message: `null`, `text`, `bytes`,
+    `list`, or its type (`int`, `float`, ...)."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (bytes, bytearray)):
+        return "bytes"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "list"
+    return type(value).__name__
+
+
+def _require_all(values: list[object], fits: Callable[[object], bool], where: str, column: str, expected: str) -> None:
+    """Refuse `values` unless every one `fits`, counting the others by kind."""
+    kinds = Counter(_kind(value) for value in values if not fits(value))
+    if kinds:
+        counts = ", ".join(f"{n:,} {kind}" for kind, n in sorted(kinds.items()))
+        raise SourceError(f"{where}, column {column!r}: {sum(kinds.values()):,} of {len(values):,} rows "
+                          f"are not {expected} ({counts}); fix or remove those rows")
+
+
+def _documents(frame: pd.DataFrame, column: str, where: str) -> pd.DataFrame:
+    """`frame` with `column` as `text`: refused if a value is not a string, its empty documents
+    skipped with a warning. `where` names the file or hub id, the key and the split."""
+    values = frame[column].tolist()
+    _require_all(values, lambda value: isinstance(value, str), where, column, "text")
+    blank = [not v.strip() for v in values]
+    if any(blank):
+        warn(f"{where}, column {column!r}: skipped {sum(blank):,} empty document(s) of {len(values):,}")
+        frame = frame[[not b for b in blank]]
+    return frame.rename(columns={column: "text"})
+
+
+def _labels(frame: pd.DataFrame, where: str) -> None:
+    """Refuse IMDb labels that are not whole numbers (a null, text, a float) in one line."""
+    if "label" not in frame.columns:
+        raise SourceError(f"{where}: no label column")
+    # pandas reads an integer column that has a null as floats: 1.0 is still the label 1.
+    _require_all(frame["label"].tolist(), _whole_number, where, "label", "whole numbers")
+
+
+def _whole_number(value: object) -> bool:
+    return _kind(value) == "int" or (isinstance(value, float) and value.is_integer())
+
+
+def _split_table(parts: list[tuple[str, pd.DataFrame]], split: str, key: str, text_columns: tuple[str, ...],
+                 with_label: bool) -> pd.DataFrame:
+    """A split's tables checked (see `_documents`) and joined, with the text in `text`."""
+    frames = []
+    for origin, frame in parts:
+        where = f"{origin} ({key}.source), split {split!r}"
+        column = next((c for c in text_columns if c in frame.columns), None)
+        if column is None:
+            raise SourceError(f"{where}: no {' or '.join(text_columns)} column "
+                              f"(columns: {', '.join(map(str, frame.columns)) or 'none'})")
+        if with_label:
+            _labels(frame, where)
+        frames.append(_documents(frame, column, where))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _require_documents(frame: pd.DataFrame, split: str, key: str, source: str) -> None:
     if frame.empty:
         raise _fail(key, source, f"split {split!r} has no documents")
 
@@ -229,16 +303,15 @@ def load_imdb(params: SourceParams) -> dict[str, pa.Table]:
     splits = _load(params, key, _local_imdb)
     tables = {}
     for split in IMDB_SPLITS:
-        frame = splits.get(split)
-        if frame is None and split in OPTIONAL_IMDB_SPLITS:
+        parts = splits.get(split)
+        if parts is None and split in OPTIONAL_IMDB_SPLITS:
             frame = pd.DataFrame({"text": [], "label": []})
-        elif frame is None:
+        elif parts is None:
             found = ", ".join(sorted(splits)) or "none"
             raise _fail(key, params.source, f"no {split!r} split (found: {found})")
         else:
-            _require_text(frame, split, key, params.source)
-            if "label" not in frame.columns:
-                raise _fail(key, params.source, f"split {split!r} has no label column")
+            frame = _split_table(parts, split, key, ("text",), with_label=True)
+            _require_documents(frame, split, key, params.source)
         tables[split] = _canonical(frame, True, params.max_docs)
     return tables
 
@@ -250,8 +323,6 @@ def load_lyrics(params: SourceParams) -> pa.Table:
     if LYRICS_SPLIT not in splits:
         found = ", ".join(sorted(splits)) or "none"
         raise _fail(key, params.source, f"no {LYRICS_SPLIT!r} split (found: {found})")
-    frame = splits[LYRICS_SPLIT]
-    column = next((c for c in LYRICS_TEXT_COLUMNS if c in frame.columns), None)
-    frame = frame.rename(columns={column: "text"}) if column else frame
-    _require_text(frame, LYRICS_SPLIT, key, params.source)
+    frame = _split_table(splits[LYRICS_SPLIT], LYRICS_SPLIT, key, LYRICS_TEXT_COLUMNS, with_label=False)
+    _require_documents(frame, LYRICS_SPLIT, key, params.source)
     return _canonical(frame, False, params.max_docs)

@@ -4,7 +4,7 @@ tidying what killed runs left behind.
 DVC restores a stage from its run-cache without running any of our code, so no stage can
 count on running again to clean up after itself. Instead, every stage starts by removing what
 any killed run left: temporaries beside any output of the pipeline (see `outputs`) and training
-states in `.ckpt/` that the present code, data and params would never resume (see `resume`).
+states in `.ckpt/` that no run will resume (see `_stale_state`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from scratchgpt.params import PARAMS_FILE, PIPELINE_FILE, read_yaml
 
 # Resumable training states, `<stage>-<inputs_key(stage)>`, outside DVC's outputs.
 STATE_ROOT = Path(".ckpt")
+LOCK_FILE = "dvc.lock"
 
 
 def is_output(name: str) -> bool:
@@ -68,17 +69,45 @@ def _declared_paths(entries: list[Any]) -> list[Path]:
     return [Path(next(iter(entry)) if isinstance(entry, dict) else entry) for entry in entries or []]
 
 
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _up_to_date(stage: str, declared: dict[str, Any]) -> bool:
+    """Whether DVC holds `stage` done for the present params and code: its outputs are all in
+    place, and dvc.lock records it with the present values of its params and the present bytes
+    of its files (DVC's md5 of a file is that of its bytes; a folder's is DVC's own, and is not
+    re-computed here: a folder's contents are in the state's key already)."""
+    locked = (read_yaml(LOCK_FILE) or {}).get("stages", {}).get(stage)
+    if not locked:
+        return False
+    outputs = [path for kind in ("outs", "metrics", "plots") for path in _declared_paths(declared.get(kind))]
+    params = read_yaml(PARAMS_FILE)
+    present = {section: params.get(section) for section in declared.get("params", [])}
+    files = [dep for dep in locked.get("deps", []) if Path(dep["path"]).is_file()]
+    return (all(path.exists() for path in outputs)
+            and locked.get("params", {}).get(PARAMS_FILE, {}) == present
+            and all(_md5(Path(dep["path"])) == dep.get("md5") for dep in files))
+
+
 def _stale_state(folder: Path, pipeline: dict[str, Any]) -> bool:
     """Whether the state in `folder` (`<stage>-<key>`) is one that no run will resume: its stage
-    is gone from dvc.yaml, or the stage's present inputs have another key. While an input is
-    missing (DVC deletes a stage's outputs before running it), the state is kept."""
+    is gone from dvc.yaml, the stage's present inputs have another key, or the stage is up to
+    date. The last is a kill followed by DVC restoring the stage from its run-cache (an earlier
+    run with the same inputs had finished): DVC will not run the stage for these inputs again,
+    so its state would stay for good. While an output is missing (DVC deletes a stage's outputs
+    before running it, and a killed run leaves them deleted), the state is kept."""
     stage, _, key = folder.name.rpartition("-")
     if stage not in pipeline:
         return True
     try:
-        return inputs_key(stage, pipeline) != key
-    except (OSError, ScratchGPTError, TypeError, ValueError):  # unreadable: keep it, to be safe
-        return False
+        return inputs_key(stage, pipeline) != key or _up_to_date(stage, pipeline[stage])
+    except (OSError, ScratchGPTError, TypeError, ValueError, KeyError, AttributeError):
+        return False  # unreadable: keep it, to be safe
 
 
 def tidy(outputs: Iterable[Path] = ()) -> None:
@@ -98,8 +127,8 @@ def tidy(outputs: Iterable[Path] = ()) -> None:
     for folder in sorted(STATE_ROOT.iterdir()) if pipeline and STATE_ROOT.is_dir() else []:
         if folder.is_dir() and not folder.name.startswith(".") and _stale_state(folder, pipeline):
             shutil.rmtree(folder, ignore_errors=True)
-            print(f"removed {folder}: a training state that the present code, data and params "
-                  f"would not resume", flush=True)
+            print(f"removed {folder}: a training state that no run would resume (its inputs "
+                  f"changed, or DVC has the stage's outputs for them)", flush=True)
     with contextlib.suppress(OSError):
         STATE_ROOT.rmdir()  # when empty
 
@@ -116,7 +145,10 @@ def run(main: Callable[..., None]) -> None:
     args = sys.argv[1:]
     if len(args) != len(names):
         module = Path(sys.argv[0]).stem
-        print(f"usage: python -m stages.{module} {' '.join(n.upper() for n in names)}", file=sys.stderr)
+        expected = " ".join(name.upper() for name in names)
+        print(f"usage: python -m stages.{module} {expected}\n"
+              f"error: stages.{module} takes {len(names)} path(s) ({expected}), got {len(args)}; "
+              f"`dvc repro {module}` runs it with the paths in dvc.yaml", file=sys.stderr)
         sys.exit(2)
     paths = [Path(arg) for arg in args]
     with exit_on_error():

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scratchgpt import distributed, training_state
 from scratchgpt.devices import Runtime, prepare
-from scratchgpt.errors import ScratchGPTError, warn
+from scratchgpt.errors import Interrupted, ScratchGPTError, warn
 from scratchgpt.evaluation import Score, score
 from scratchgpt.live_metrics import RunLog
 from scratchgpt.model import GPT
@@ -177,19 +177,22 @@ def reads_losses_every_step(runtime: Runtime) -> bool:
 
 
 class _StopOnInterrupt:
-    """Ctrl-C lets the current step finish, so the saved state is whole, then stops the run."""
+    """Ctrl-C or SIGTERM lets the current step finish, so the saved state is whole, then stops
+    the run; `requested` is the signal's number."""
 
-    requested = False
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    requested: int | None = None
 
     def __enter__(self) -> _StopOnInterrupt:
-        self._previous = signal.signal(signal.SIGINT, self._request)
+        self._previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
         return self
 
-    def _request(self, *_: object) -> None:
-        self.requested = True
+    def _request(self, signum: int, _frame: object) -> None:
+        self.requested = signum
 
     def __exit__(self, *_: object) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def optimizer_step(
@@ -291,9 +294,9 @@ def train(
                 bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", best_val=f"{result.best_val_loss:.3f}", tok_s=f"{speed:,.0f}")
             bar.update()
             if interrupt.requested:
-                saved = f": state saved in {state_dir}; `dvc repro` resumes" if state_dir else ""
-                bar.write(f"interrupted at step {result.steps}{saved}")
-                raise KeyboardInterrupt
+                saved = f", state saved in {state_dir}; `dvc repro` resumes" if state_dir else ""
+                name = signal.Signals(interrupt.requested).name
+                raise Interrupted(interrupt.requested, f"stopped by {name} at step {result.steps}{saved}")
             if result.stopped_early:
                 break
         run_log.finish(result.summary())

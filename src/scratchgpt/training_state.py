@@ -7,10 +7,10 @@ input never resumes stale state. What is removed, and when:
 
 - the stage's own state, once its outputs are written (`clear`);
 - a damaged state, when it is found (`load_state`);
-- a state that the present inputs would not resume (another key, or a stage no longer in
-  dvc.yaml), at the start of any stage (`stage.tidy`). So each training stage keeps at most
-  one state, the one that its next run resumes, even when DVC restores the stage from its
-  run-cache instead of running it.
+- a state that no run would resume (another key, a stage no longer in dvc.yaml, or a stage
+  that DVC holds done for the present inputs, as after restoring it from its run-cache), at
+  the start of any stage (`stage.tidy`). So each training stage keeps at most one state, the
+  one that its next run resumes, even when DVC restores the stage instead of running it.
 
 Tensors are stored as safetensors and the rest as JSON: no pickle.
 """
