@@ -10,7 +10,7 @@ On a busy machine, `--cpu-time` times each step by the CPU time of a single thre
 other processes do not inflate it (they take turns on the cores, not this thread's work), so its
 ratios hold where wall-clock ones do not; its absolute figures are one core's, not two.
 
-Run: python bench/recipe_step_time.py [--batch-size 8] [--rounds 5] [--emulate-avx2] [--cpu-time]
+Run: python bench/recipe_step_time.py [--batch-size 8] [--rounds 5] [--emulate-avx2] [--cpu-time] [--only TEXT ...]
 """
 
 from __future__ import annotations
@@ -59,18 +59,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--emulate-avx2", action="store_true", help="re-run capped at AVX2, fp32")
+    parser.add_argument("--only", nargs="+", default=[], metavar="TEXT", help="only the rows whose name holds one of these")
     parser.add_argument("--cpu-time", action="store_true", help="time one thread's CPU time (for a busy machine)")
     parser.add_argument("--emulated", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.emulate_avx2:
         command = [sys.executable, __file__, "--emulated", "--batch-size", str(args.batch_size), "--rounds", str(args.rounds)]
-        sys.exit(subprocess.run(command + ["--cpu-time"] * args.cpu_time, env=os.environ | AVX2_ENV).returncode)
+        command += ["--cpu-time"] * args.cpu_time + (["--only", *args.only] if args.only else [])
+        sys.exit(subprocess.run(command, env=os.environ | AVX2_ENV).returncode)
     configure_cpu(1 if args.cpu_time else None)
     bf16 = supports_bf16(torch.device("cpu")) and not args.emulated
     steps = {
         f"{vocab_name}, {optimizer}": step_function(vocab, optimizer, args.batch_size, bf16)
         for vocab_name, vocab in VOCABULARIES.items()
         for optimizer in OPTIMIZERS
+        if not args.only or any(text in f"{vocab_name}, {optimizer}" for text in args.only)
     }
     times = interleaved(steps, args.rounds, warmup=2, clock=time.process_time if args.cpu_time else time.perf_counter)
     kind = "EMULATED AVX2 (this CPU capped at AVX2)" if args.emulated else "native"

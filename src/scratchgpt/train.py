@@ -194,6 +194,11 @@ class _StopOnInterrupt:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
+    def stop(self, step: int, state_dir: Path | None) -> Interrupted:
+        """The error that ends a run stopped at `step`, saying where its state was saved."""
+        saved = f", state saved in {state_dir}; `dvc repro` resumes" if state_dir else ""
+        return Interrupted(self.requested, f"stopped by {signal.Signals(self.requested).name} at step {step}{saved}")
+
 
 def optimizer_step(
     forward: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
@@ -262,8 +267,8 @@ def train(
     replicated = DistributedDataParallel(model) if distributed.world_size() > 1 else model
     # Training and validation batches have the same shape, so one compiled graph serves both.
     forward = torch.compile(replicated) if settings.compile else replicated
-    val_indices = val_windows.evenly_spaced(settings.eval_batches * settings.batch_size)
-    val_indices = val_indices[distributed.rank() :: distributed.world_size()]  # this process's share
+    # The same validation windows at every evaluation, this process's share of them.
+    val_indices = val_windows.evenly_spaced(settings.eval_batches * settings.batch_size)[distributed.rank() :: distributed.world_size()]
     tokens_per_step = settings.batch_size * train_windows.length
     result, best_weights = restore(state_dir, model, optimizer, section)
     losses = LossReadout(section, model.config.vocab_size)
@@ -280,9 +285,7 @@ def train(
                 rows = losses.read(runtime.device)
                 if evaluate:
                     validation = validation_score(forward, val_windows, val_indices, settings.batch_size, runtime, byte_lengths)
-                    rows[-1]["val_loss"] = validation.loss
-                    if byte_lengths is not None:
-                        rows[-1]["val_bpb"] = validation.bits_per_byte
+                    rows[-1] |= {"val_loss": validation.loss} | ({"val_bpb": validation.bits_per_byte} if validation.bytes else {})
                     if result.record_evaluation(validation, settings.patience):
                         best_weights = copy.deepcopy(model.state_dict())
                 result.history += rows
@@ -294,9 +297,7 @@ def train(
                 bar.set_postfix(loss=f"{rows[-1]['train_loss']:.3f}", best_val=f"{result.best_val_loss:.3f}", tok_s=f"{speed:,.0f}")
             bar.update()
             if interrupt.requested:
-                saved = f", state saved in {state_dir}; `dvc repro` resumes" if state_dir else ""
-                name = signal.Signals(interrupt.requested).name
-                raise Interrupted(interrupt.requested, f"stopped by {name} at step {result.steps}{saved}")
+                raise interrupt.stop(result.steps, state_dir)
             if result.stopped_early:
                 break
         run_log.finish(result.summary())
