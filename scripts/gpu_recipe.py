@@ -55,6 +55,7 @@ SITE = Path("/tmp/site")
 # The article's `settings` and `settings_ft` (README, "The default recipe, and why"), on CUDA.
 RECIPE = {
     "data": {"imdb": {"source": ".gpu/imdb"}, "lyrics": {"source": ".gpu/lyrics/coldplay.txt"}},
+    "tokenize": {"vocab_size": None},  # GPT-2's tokenizer
     "model": {"dropout_rate": 0.1},
     "train": {
         "batch_size": 32, "learning_rate": 3.0e-4, "max_lr": 3.0e-4, "min_lr": 3.0e-5, "beta2": 0.999,

@@ -8,6 +8,7 @@ beside the shards.
 from pathlib import Path
 
 from scratchgpt import encodings, params, stage, tokens
+from scratchgpt.errors import warn
 from scratchgpt.outputs import atomic_dir
 from scratchgpt.text import read_documents
 
@@ -22,6 +23,9 @@ def main(clean: Path, out: Path) -> None:
         texts = [text for path in TRAINING_SPLITS for text in read_documents(clean / path)]
         encoding = encodings.train_bpe(texts, settings.vocab_size)
         print(f"trained {encoding.name} on {len(texts):,} training documents")
+        if encoding.n_vocab < settings.vocab_size:
+            warn(f"tokenize.vocab_size = {settings.vocab_size}: the training text had pairs for only "
+                 f"{encoding.n_vocab:,} ids, so the tokenizer has {encoding.n_vocab:,}")
     with atomic_dir(out) as tmp:
         if encodings.is_trained(encoding):
             encodings.save_encoding(encoding, tmp)

@@ -38,7 +38,7 @@ TINY_OVERRIDES = {
         "lyrics": {"max_docs": 30, **({"source": str(SHARED_DATA / "lyrics" / "coldplay.txt")} if HAVE_SHARED_DATA else {})},
     },
     "clean": {"val_fraction": 0.25},
-    "tokenize": {"shard_tokens": 4096},
+    "tokenize": {"shard_tokens": 4096, "vocab_size": None},  # GPT-2's; test_pipeline trains one too
     "model": {"num_heads": 2, "embed_dim": 32, "attention_dim": 32, "num_blocks": 2,
               "context_length": 32, "dropout_rate": 0.1, "vocab_multiple": 64},
     "train": {"batch_size": 4, "warmup_steps": 2, "eval_freq": 3, "eval_batches": 2, "max_steps": 6,
