@@ -18,10 +18,11 @@ def losses(repo, name: str) -> list[float]:
 
 
 @pytest.mark.e2e
-def test_two_processes_match_one(project):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_processes_match_one(project, optimizer):
     results = {}
     for processes in (1, 2):
-        config = tiny_params(**{**NO_DROPOUT, "train": {**NO_DROPOUT["train"], "processes": processes}})
+        config = tiny_params(**{**NO_DROPOUT, "train": {**NO_DROPOUT["train"], "processes": processes, "optimizer": optimizer}})
         (project / "params.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         run([*DVC, "repro", "pretrain"], project)
         results[processes] = {name: losses(project, name) for name in ("train_loss", "val_loss")}
