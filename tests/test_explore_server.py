@@ -157,18 +157,21 @@ def test_a_port_in_use_is_one_line(explore_models, capsys):
     assert lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port} (") and "choose another --host or --port" in lines[0]
 
 
-def test_it_says_its_address_in_one_line_and_stops_cleanly_on_ctrl_c(explore_models):
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+def test_it_says_its_address_in_one_line_and_stops_cleanly_on_ctrl_c(explore_models, how):
     server = subprocess.Popen(
         [sys.executable, "-c", "from scratchgpt.cli import main; main()", "explore",
          "--model", str(explore_models["finetuned"]), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As a shell starts a background job: SIGINT ignored, which the server must not inherit.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         line = server.stdout.readline()
         address = re.fullmatch(r"scratchgpt explore: (http://127\.0\.0\.1:\d+/) \(Ctrl-C stops it\)\n", line)
         assert address, line
         assert get(address[1] + "info")[0] == 200
-        server.send_signal(signal.SIGINT)
+        server.send_signal(how)
         stdout, stderr = server.communicate(timeout=30)
     finally:
         server.kill()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -242,15 +243,25 @@ class ExploreServer(ThreadingHTTPServer):
         print(f"error: a request from the page failed ({type(error).__name__}: {reason(error)})", file=sys.stderr)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(model: str, compare: str | None, host: str, port: int, device: torch.device | str) -> None:
-    """Load the models, say the page's address in one line, serve until Ctrl-C."""
+    """Load the models, say the page's address in one line, serve until Ctrl-C or SIGTERM."""
     explorer = Explorer(load(model, device), load(compare, device) if compare else None)
     with ExploreServer(explorer, host, port) as server:
         print(f"scratchgpt explore: {server.url} (Ctrl-C stops it)", flush=True)
+        # Set here rather than inherited: a shell starts background jobs with SIGINT ignored, and
+        # Python then never raises KeyboardInterrupt; SIGTERM (a scheduler, `timeout`) stops it too.
+        previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
