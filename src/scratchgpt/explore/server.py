@@ -248,20 +248,19 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def serve(model: str, compare: str | None, host: str, port: int, device: torch.device | str) -> None:
-    """Load the models, say the page's address in one line, serve until Ctrl-C or SIGTERM."""
+    """Load the models, say the page's address in one line, serve until Ctrl-C (or SIGTERM)."""
     explorer = Explorer(load(model, device), load(compare, device) if compare else None)
     with ExploreServer(explorer, host, port) as server:
         print(f"scratchgpt explore: {server.url} (Ctrl-C stops it)", flush=True)
         # Set here rather than inherited: a shell starts background jobs with SIGINT ignored, and
-        # Python then never raises KeyboardInterrupt; SIGTERM (a scheduler, `timeout`) stops it too.
-        previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+        # Python then never raises KeyboardInterrupt. (SIGTERM already raises one: exit_on_error.)
+        previous = signal.signal(signal.SIGINT, _interrupt)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
             print("stopped", file=sys.stderr)
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
