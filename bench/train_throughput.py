@@ -5,8 +5,9 @@ interleaved so that the ratios hold on a noisy machine.
 Rows: the article-style model (bench/seed_baseline.py, logits of the whole batch at once); the
 previous pipeline's loss (128-position slices, recomputed in the backward pass); the fused
 chunked loss that `GPT.forward` uses now, at three slice sizes; and the pipeline's path with
-dropout 0.1. Everything else runs at dropout 0, the default recipe. bf16 rows only where the
-CPU has native bf16 (AMX or AVX-512 bf16); fp32 rows always. MFU is the model's FLOPs per
+dropout 0.1, with freed memory returned to the kernel, and in fp32 with MKL's reproducible
+mode off (see devices.configure_cpu). Everything else runs at dropout 0, the default recipe.
+bf16 rows only where the CPU has native bf16 (AMX or AVX-512 bf16); fp32 rows always. MFU is the model's FLOPs per
 second (measure.flops_per_token, the same for every row, so MFU ratios are speed ratios) over
 this machine's fp32 or bf16 4096-cube matrix product on the same threads.
 
@@ -65,10 +66,19 @@ class Variant:
     # reuse), except in the row that measures what that buys; the article-style model as the
     # article runs it.
     keeps_freed_memory: bool = True
+    # ...and MKL in its reproducible mode (configure_cpu sets MKL_CBWR), except in the row that
+    # measures what that costs. Both are process-wide: each setting gets its own process.
+    mkl_reproducible: bool = True
 
     def __post_init__(self) -> None:
         if self.model == "seed":
             object.__setattr__(self, "keeps_freed_memory", False)
+            object.__setattr__(self, "mkl_reproducible", False)
+
+    @property
+    def process(self) -> tuple[bool, bool]:
+        """The process-wide settings this row runs under."""
+        return self.keeps_freed_memory, self.mkl_reproducible
 
 
 def variants(bf16: bool) -> dict[str, Variant]:
@@ -87,6 +97,10 @@ def variants(bf16: bool) -> dict[str, Variant]:
     )
     rows[f"fused chunked loss, slice {PIPELINE_SLICE}, {name}, freed memory returned"] = Variant(
         "ours", "fused", precisions[0], PIPELINE_SLICE, keeps_freed_memory=False
+    )
+    # fp32: MKL runs the fp32 products (bf16 ones are oneDNN's, which the mode does not touch)
+    rows[f"fused chunked loss, slice {PIPELINE_SLICE}, fp32, MKL reproducible mode off"] = Variant(
+        "ours", "fused", False, PIPELINE_SLICE, mkl_reproducible=False
     )
     return rows
 
@@ -133,9 +147,12 @@ def step(
     train_step(loss, model, optimizer)
 
 
-def worker(keeps_freed_memory: bool, variants_: dict[str, Variant], batch_size: int, connection: Connection) -> None:
-    """Holds the models of one memory-allocator setting (process-wide, so one process each);
+def worker(process: tuple[bool, bool], variants_: dict[str, Variant], batch_size: int, connection: Connection) -> None:
+    """Holds the models of one `Variant.process` setting (process-wide, so one process each);
     runs one step of the variant it is sent, answers its seconds; `None` asks for peak RSS."""
+    keeps_freed_memory, mkl_reproducible = process
+    # What configure_cpu sets, or MKL's default (an empty value is off; configure_cpu keeps it)
+    os.environ["MKL_CBWR"] = "AUTO" if mkl_reproducible else ""
     if keeps_freed_memory:
         configure_cpu(None)
     inputs, targets = random_batch(batch_size, SEED_SHAPE["context_length"])
@@ -157,8 +174,8 @@ class Workers:
         self.owner: dict[str, Connection] = {}
         for group in groups:
             parent, child = context.Pipe()
-            keeps_freed_memory = next(iter(group.values())).keeps_freed_memory
-            process = context.Process(target=worker, args=(keeps_freed_memory, group, batch_size, child))
+            setting = next(iter(group.values())).process
+            process = context.Process(target=worker, args=(setting, group, batch_size, child))
             process.start()
             child.close()  # so a worker that dies raises EOFError here instead of hanging
             self.processes.append((process, parent))
@@ -182,9 +199,10 @@ class Workers:
 
 def time_steps(rows: dict[str, Variant], batch_size: int, rounds: int) -> dict[str, list[float]]:
     """Seconds per step of every row, one step of each in turn per round (measure.interleaved's
-    order), with the two allocator settings in two processes."""
-    groups = [{n: v for n, v in rows.items() if v.keeps_freed_memory == keep} for keep in (False, True)]
-    workers = Workers([g for g in groups if g], batch_size)
+    order), with each process-wide setting in its own process."""
+    settings = dict.fromkeys(v.process for v in rows.values())
+    groups = [{n: v for n, v in rows.items() if v.process == setting} for setting in settings]
+    workers = Workers(groups, batch_size)
     times: dict[str, list[float]] = {name: [] for name in rows}
     try:
         for round_ in range(WARMUP_STEPS + rounds):

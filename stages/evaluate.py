@@ -16,7 +16,7 @@ SPLITS = {"imdb_test": ("imdb", "test"), "lyrics_val": ("lyrics", "val")}
 
 def main(pretrained: Path, finetuned: Path, tokens: Path, out: Path) -> None:
     settings = params.load("evaluate").evaluate
-    runtime = prepare(settings.device, settings.precision, None, "evaluate")
+    runtime = prepare(settings.device, settings.precision, settings.num_threads, "evaluate")
     results = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
         model, encoding = load_model(folder, runtime.device)

@@ -45,7 +45,7 @@ TINY_OVERRIDES = {
               "num_threads": 1},
     "finetune": {"batch_size": 2, "warmup_steps": 1, "eval_freq": 2, "eval_batches": 2, "max_steps": 4,
                  "num_threads": 1},
-    "evaluate": {"max_tokens": 512, "batch_size": 4},
+    "evaluate": {"max_tokens": 512, "batch_size": 4, "num_threads": 1},
     "sample": {"max_new_tokens": 6},
 }
 

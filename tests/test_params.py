@@ -59,6 +59,7 @@ def test_yaml_1_2_floats_are_numbers(tmp_path):
         ({"sample": {"prompts": ["ok", 7]}}, r"sample.prompts\[1\] = 7: must be a string"),
         ({"sample": {"temperature": -0.5}}, r"sample.temperature = -0.5: must be >= 0"),
         ({"evaluate": {"max_tokens": 0}}, r"evaluate.max_tokens = 0: must be > 0"),
+        ({"evaluate": {"num_threads": 0}}, r"evaluate.num_threads = 0: must be > 0"),
         ({"sample": {"max_new_tokens": 100_000}}, r"sample.max_new_tokens = 100000: must be from 1 to 4,096: past"),
         ({"trian": {"max_lr": 1.0}}, r"trian: unknown section; did you mean train\?"),
         ({"train": {"seed": 2**64}}, r"train.seed = 18446744073709551616: must be from 0 to"),

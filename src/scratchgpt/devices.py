@@ -86,8 +86,16 @@ def use_bf16(precision: str, device: torch.device, key: str) -> bool:
 
 
 def configure_cpu(num_threads: int | None) -> None:
-    """A fixed thread count (all cores by default: the same count gives the same bytes), and
-    freed memory kept for reuse.
+    """A fixed thread count (all cores by default: the same count gives the same bytes), MKL in
+    its reproducible mode, and freed memory kept for reuse.
+
+    MKL, PyTorch's CPU library for fp32 matrix products, may round the last bits of a product
+    differently from one run to the next on the same machine and thread count, unless its
+    Conditional Numerical Reproducibility mode is on (MKL_CBWR; Intel's "Reproducibility
+    Conditions"). CI saw it once: two evaluations of the same models, different metrics. `AUTO`
+    keeps the code path MKL picks for this CPU, so results and speed stay as they were on the
+    CPUs we measured (bench/train_throughput.py); MKL reads the setting at its first call, which
+    no stage makes before this function. A user's own MKL_CBWR is kept.
 
     A training step allocates and frees buffers of tens to hundreds of megabytes (a slice of
     the loss's logits is 400 MB). glibc hands every block over 32 MB back to the kernel when it
@@ -95,6 +103,7 @@ def configure_cpu(num_threads: int | None) -> None:
     reuse avoids that; memory stays at its peak instead. What it buys on each CPU kind is
     measured by bench/train_throughput.py (its "freed memory returned" row; README, Performance).
     """
+    os.environ.setdefault("MKL_CBWR", "AUTO")
     torch.set_num_threads(num_threads or os.cpu_count() or 1)
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt

@@ -32,7 +32,8 @@ def make_optimizer(model: nn.Module, settings: TrainParams) -> torch.optim.Optim
     biases or LayerNorm gains. On a GPU, AdamW's fused kernel updates its tensors in one launch."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     for_muon = muon_parameters(model) if settings.optimizer == "muon" else []
-    rest = [p for p in parameters if all(p is not m for m in for_muon)]
+    muon_ids = {id(p) for p in for_muon}
+    rest = [p for p in parameters if id(p) not in muon_ids]
     on_gpu = parameters[0].is_cuda
     adamw = torch.optim.AdamW(
         [

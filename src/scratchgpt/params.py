@@ -187,6 +187,7 @@ class EvaluateParams:
     batch_size: int = positive()
     device: Device
     precision: Precision
+    num_threads: int | None = positive()
 
 
 @dataclass(frozen=True)

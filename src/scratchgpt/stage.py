@@ -45,13 +45,17 @@ def require_writable(path: Path) -> None:
         raise ScratchGPTError(f"{path}: cannot write this output here ({e.strerror or e})") from e
 
 
+def _hash_file(digest: "hashlib._Hash", file: Path) -> None:
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
 def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else file.name.encode())
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        _hash_file(digest, file)
 
 
 def inputs_key(stage: str, pipeline: dict[str, Any] | None = None) -> str:
@@ -71,9 +75,7 @@ def _declared_paths(entries: list[Any]) -> list[Path]:
 
 def _md5(path: Path) -> str:
     digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    _hash_file(digest, path)
     return digest.hexdigest()
 
 
