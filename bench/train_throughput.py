@@ -7,9 +7,9 @@ previous pipeline's loss (128-position slices, recomputed in the backward pass);
 chunked loss that `GPT.forward` uses now, at three slice sizes; and the pipeline's path with
 dropout 0.1, with freed memory returned to the kernel, and in fp32 with MKL's reproducible
 mode off (see devices.configure_cpu). Everything else runs at dropout 0, the default recipe.
-bf16 rows only where the CPU has native bf16 (AMX or AVX-512 bf16); fp32 rows always. MFU is the model's FLOPs per
-second (measure.flops_per_token, the same for every row, so MFU ratios are speed ratios) over
-this machine's fp32 or bf16 4096-cube matrix product on the same threads.
+bf16 rows only where the CPU has native bf16 (AMX or AVX-512 bf16); fp32 rows always. MFU is
+the model's FLOPs per second (measure.flops_per_token, the same for every row, so MFU ratios
+are speed ratios) over this machine's fp32 or bf16 4096-cube matrix product on the same threads.
 
 Run: python bench/train_throughput.py [--batch-size 32] [--rounds 3] [--memory] [--profile]
      python bench/train_throughput.py --emulate-avx2   (this CPU capped at AVX2, fp32 only)"""
