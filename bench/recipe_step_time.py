@@ -1,7 +1,7 @@
-"""Seconds per training step of each recipe the sweep compares: vocabulary size x optimizer.
+"""Seconds per training step of each recipe the sweeps compare: tokenizer, optimizer, shape, batch.
 
-The sweep compares recipes at equal wall-clock, so each row's step budget is the default's
-budget scaled by how much faster or slower its step is than the default's (GPT-2, AdamW). This
+The sweeps compare recipes at equal wall-clock, so each row's step budget is the default's
+budget scaled by how much faster or slower its step is than the default's (the first row). This
 prints those ratios, steps interleaved so that a noisy machine slows every row alike: on this
 CPU in its native precision, and with --emulate-avx2 on the same CPU capped at AVX2 in fp32 (an
 emulation of the common laptop kind, not a real AVX2 machine).
@@ -10,38 +10,62 @@ On a busy machine, `--cpu-time` times each step by the CPU time of a single thre
 other processes do not inflate it (they take turns on the cores, not this thread's work), so its
 ratios hold where wall-clock ones do not; its absolute figures are one core's, not two.
 
-Run: python bench/recipe_step_time.py [--batch-size 8] [--rounds 5] [--emulate-avx2] [--cpu-time] [--only TEXT ...]
+`--json FILE` also writes each row's recipe and median seconds, with the CPU's name, for
+scripts/frontier.py, which turns a sweep's steps into minutes with them.
+
+Run: python bench/recipe_step_time.py [--rounds 5] [--emulate-avx2] [--cpu-time] [--only NAME ...] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import yaml
 
-from measure import SEED_SHAPE, describe_cpu, interleaved, markdown_table, train_step
+from measure import describe_cpu, interleaved, markdown_table, train_step
 from scratchgpt.devices import configure_cpu, supports_bf16
 from scratchgpt.model import GPT, GPTConfig
 from scratchgpt.optimizers import make_optimizer
 from scratchgpt.params import TrainParams, parse_section
 from train_throughput import AVX2_ENV
 
-VOCABULARIES = {"GPT-2 (50,257)": 50257, "trained 32,768": 32768, "trained 16,384": 16384, "trained 5,000": 5000}
-OPTIMIZERS = ("adamw", "muon")
+
+def shape(blocks: int, width: int, heads: int, context: int = 256) -> dict[str, int]:
+    return dict(num_blocks=blocks, embed_dim=width, attention_dim=width, num_heads=heads, context_length=context)
 
 
-def step_function(vocab_size: int, optimizer: str, batch_size: int, bf16: bool):
+# name -> (vocabulary, optimizer, model shape, batch size). The first row is the yardstick.
+RECIPES = {
+    "8x256 (article's shape), 32k, b8": (32768, "adamw", shape(8, 256, 8), 8),
+    "8x256, 32k, b8, muon": (32768, "muon", shape(8, 256, 8), 8),
+    "8x256, GPT-2, b8": (50257, "adamw", shape(8, 256, 8), 8),
+    "8x256, 16k, b8": (16384, "adamw", shape(8, 256, 8), 8),
+    "6x256, 32k, b8": (32768, "adamw", shape(6, 256, 8), 8),
+    "4x256, 32k, b8": (32768, "adamw", shape(4, 256, 8), 8),
+    "6x192, 32k, b8": (32768, "adamw", shape(6, 192, 6), 8),
+    "6x192, 32k, b16": (32768, "adamw", shape(6, 192, 6), 16),
+    "6x192, 32k, b16, ctx128": (32768, "adamw", shape(6, 192, 6, 128), 16),
+    "6x192, 16k, b8": (16384, "adamw", shape(6, 192, 6), 8),
+    "4x192, 32k, b8": (32768, "adamw", shape(4, 192, 6), 8),
+    "4x128, 32k, b16": (32768, "adamw", shape(4, 128, 4), 16),
+    "4x128, 16k, b16": (16384, "adamw", shape(4, 128, 4), 16),
+}
+
+
+def step_function(vocab_size: int, optimizer: str, model_shape: dict[str, int], batch_size: int, bf16: bool):
     with open("params.yaml", encoding="utf-8") as f:
         params = yaml.safe_load(f)
     settings: TrainParams = parse_section(TrainParams, params["train"] | {"optimizer": optimizer}, "train")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=vocab_size, **{**SEED_SHAPE, "dropout_rate": 0.0}))
+    model = GPT(GPTConfig(vocab_size=vocab_size, dropout_rate=0.0, **model_shape))
     adam_or_muon = make_optimizer(model, settings)
     tokens = torch.randint(0, vocab_size, (batch_size, model.config.context_length + 1),
                            generator=torch.Generator().manual_seed(0))
@@ -56,36 +80,42 @@ def step_function(vocab_size: int, optimizer: str, batch_size: int, bf16: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--emulate-avx2", action="store_true", help="re-run capped at AVX2, fp32")
-    parser.add_argument("--only", nargs="+", default=[], metavar="TEXT", help="only the rows whose name holds one of these")
+    parser.add_argument("--only", nargs="+", default=[], metavar="TEXT", help="only the rows whose name holds one of these (the first row always runs)")
     parser.add_argument("--cpu-time", action="store_true", help="time one thread's CPU time (for a busy machine)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows here (for scripts/frontier.py)")
     parser.add_argument("--emulated", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.emulate_avx2:
-        command = [sys.executable, __file__, "--emulated", "--batch-size", str(args.batch_size), "--rounds", str(args.rounds)]
+        command = [sys.executable, __file__, "--emulated", "--rounds", str(args.rounds)]
         command += ["--cpu-time"] * args.cpu_time + (["--only", *args.only] if args.only else [])
+        command += ["--json", str(args.json)] if args.json else []
         sys.exit(subprocess.run(command, env=os.environ | AVX2_ENV).returncode)
     configure_cpu(1 if args.cpu_time else None)
     bf16 = supports_bf16(torch.device("cpu")) and not args.emulated
-    steps = {
-        f"{vocab_name}, {optimizer}": step_function(vocab, optimizer, args.batch_size, bf16)
-        for vocab_name, vocab in VOCABULARIES.items()
-        for optimizer in OPTIMIZERS
-        if not args.only or any(text in f"{vocab_name}, {optimizer}" for text in args.only)
-    }
+    yardstick = next(iter(RECIPES))
+    chosen = {name: recipe for name, recipe in RECIPES.items()
+              if name == yardstick or not args.only or any(text in name for text in args.only)}
+    steps = {name: step_function(*recipe, bf16) for name, recipe in chosen.items()}
     times = interleaved(steps, args.rounds, warmup=2, clock=time.process_time if args.cpu_time else time.perf_counter)
     kind = "EMULATED AVX2 (this CPU capped at AVX2)" if args.emulated else "native"
-    print(f"{describe_cpu()}; {kind}, {'bf16 autocast' if bf16 else 'fp32'}, batch {args.batch_size} x 256, "
-          f"median of {args.rounds} interleaved steps" + ("; CPU time of one thread" if args.cpu_time else ""))
+    cpu = f"{describe_cpu()}; {kind}, {'bf16 autocast' if bf16 else 'fp32'}"
+    print(cpu + f", median of {args.rounds} interleaved steps" + ("; CPU time of one thread" if args.cpu_time else ""))
     print()
-    baseline = statistics.median(next(iter(times.values())))
-    markdown_table(
-        ["recipe", "s/step", "tokens/s", "steps in the default's time"],
-        [[name, f"{statistics.median(t):.3f}", f"{args.batch_size * 256 / statistics.median(t):,.0f}",
-          f"{baseline / statistics.median(t):.2f}x"] for name, t in times.items()],
-    )
+    baseline = statistics.median(times[yardstick])
+    rows = []
+    for name, measured in times.items():
+        batch_size, context = chosen[name][3], chosen[name][2]["context_length"]
+        median = statistics.median(measured)
+        rows.append([name, f"{median:.3f}", f"{batch_size * context / median:,.0f}", f"{baseline / median:.2f}x"])
+    markdown_table(["recipe", "s/step", "tokens/s", "steps in the yardstick's time"], rows)
+    if args.json:
+        recipes = [{"vocab_size": vocab, "optimizer": optimizer, "batch_size": batch, **model_shape,
+                    "seconds": round(statistics.median(times[name]), 4)}
+                   for name, (vocab, optimizer, model_shape, batch) in chosen.items()]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"cpu": cpu, "recipes": recipes}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""The frontier: what each training budget buys, drawn from the shape sweep's own experiments.
+
+    python bench/recipe_step_time.py --json metrics/sweep/step_times.json   # seconds a step, per recipe
+    python scripts/frontier.py collect        # dvc exp show --json -> metrics/sweep/runs.json
+    python scripts/frontier.py draw           # metrics/sweep/runs.json -> docs/plots/frontier.png
+
+`collect` reads every experiment of the sweep (names starting with `short-`, `default-` or
+`hour-`, one per budget) from `dvc exp show --json`: its model shape, vocabulary, batch, peak
+learning rate and steps from the params it ran with, its best IMDb validation bits per byte and
+tokens from its metrics. Its minutes are its steps times its recipe's measured seconds a step
+(the bench's file, which names the CPU): the time the training steps take alone on that CPU,
+evaluations excluded. Both files are committed, so `draw` needs no experiments and a clone can
+redraw the picture. The same rows give the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import vl_convert
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "metrics" / "sweep"
+BUDGETS = ("short", "default", "hour")  # experiment-name prefixes, shortest budget first
+ARTICLE_SHAPE = "8 x 256"
+WIDTH, HEIGHT, SCALE = 400, 300, 2
+
+
+STEP_TIME_KEYS = ("num_blocks", "embed_dim", "attention_dim", "num_heads", "context_length", "batch_size",
+                  "vocab_size", "optimizer")  # what a step's time depends on
+
+
+def recipe_key(recipe: dict[str, Any]) -> tuple:
+    return tuple(recipe[key] for key in STEP_TIME_KEYS)
+
+
+def recipe_label(model: dict[str, Any], train: dict[str, Any], vocab_size: int) -> str:
+    """A recipe's name in the picture: its shape and vocabulary, and batch or context where they
+    are not the sweep's usual 8 x 256."""
+    return (f"{model['num_blocks']} x {model['embed_dim']}, {round(vocab_size / 1024)}k vocab"
+            + (f", batch {train['batch_size']}" if train["batch_size"] != 8 else "")
+            + (f", context {model['context_length']}" if model["context_length"] != 256 else ""))
+
+
+def default_recipe(params_file: Path = ROOT / "params.yaml") -> str:
+    params = yaml.safe_load(params_file.read_text())
+    return recipe_label(params["model"], params["train"], params["tokenize"]["vocab_size"] or 50257)
+
+
+def sweep_experiments(shown: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, data) of every finished sweep experiment in `dvc exp show --json` output."""
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            revision = experiment["revs"][0]
+            name, data = revision.get("name") or "", revision.get("data") or {}
+            metrics = data.get("metrics", {}).get("metrics/train/metrics.json", {}).get("data", {})
+            if name.split("-")[0] in BUDGETS and "best_val_bpb" in metrics and not revision.get("error"):
+                yield name, data  # a finished run: one still running has only its live metrics
+
+
+def run_row(name: str, data: dict[str, Any], step_seconds: dict[tuple, float]) -> dict[str, Any]:
+    params = data["params"]["params.yaml"]["data"]
+    metrics = data["metrics"]["metrics/train/metrics.json"]["data"]
+    model, train = params["model"], params["train"]
+    vocab = params["tokenize"]["vocab_size"] or 50257  # null = GPT-2's encoding
+    key = recipe_key(model | train | {"vocab_size": vocab})
+    if key not in step_seconds:
+        raise SystemExit(f"{name}: no measured step time for {dict(zip(STEP_TIME_KEYS, key))}; "
+                         "add the recipe to bench/recipe_step_time.py and measure again")
+    peak = train["max_lr"] or train["learning_rate"]
+    return {
+        "name": name,
+        "budget": name.split("-")[0],
+        "shape": f"{model['num_blocks']} x {model['embed_dim']}",
+        "recipe": recipe_label(model, train, vocab),
+        "num_heads": model["num_heads"],
+        "vocab_size": vocab,
+        "batch_size": train["batch_size"],
+        "context_length": model["context_length"],
+        "peak_lr": peak,
+        "steps": metrics["steps"],
+        "tokens": metrics["tokens_seen"],
+        "minutes": round(metrics["steps"] * step_seconds[key] / 60, 2),
+        "best_val_bpb": round(metrics["best_val_bpb"], 4),
+    }
+
+
+def collect(step_times: Path, out: Path) -> list[dict[str, Any]]:
+    measured = json.loads(step_times.read_text())
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout
+    step_seconds = {recipe_key(recipe): recipe["seconds"] for recipe in measured["recipes"]}
+    rows = [run_row(name, data, step_seconds) for name, data in sweep_experiments(json.loads(shown))]
+    if not rows:
+        raise SystemExit("no finished sweep experiments (names starting with short-, default- or hour-) in dvc exp show")
+    rows.sort(key=lambda row: (BUDGETS.index(row["budget"]), row["recipe"], row["peak_lr"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"cpu": measured["cpu"], "runs": rows}, indent=1) + "\n")
+    return rows
+
+
+def best_per_budget(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each recipe's best learning rate at each budget: the points its line goes through."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["recipe"], row["budget"])
+        if key not in best or row["best_val_bpb"] < best[key]["best_val_bpb"]:
+            best[key] = row
+    return list(best.values())
+
+
+def frontier_spec(sweep: dict[str, Any]) -> dict[str, Any]:
+    """Two panels, bits per byte against minutes and against tokens: one line per recipe, the
+    article's shape dashed."""
+    points = best_per_budget(sweep["runs"])
+    default = default_recipe()
+    for point in points:
+        point["article"] = point["shape"] == ARTICLE_SHAPE
+        point["label"] = "the default" if (point["recipe"], point["budget"]) == (default, "default") else ""
+    colour = {"field": "recipe", "type": "nominal", "title": None}
+    y = {"field": "best_val_bpb", "type": "quantitative", "title": "IMDb validation bits per byte (lower is better)",
+         "scale": {"zero": False}}
+
+    def panel(field: str, title: str) -> dict[str, Any]:
+        x = {"field": field, "type": "quantitative", "title": title, "scale": {"type": "log"}}
+        return {
+            "width": WIDTH, "height": HEIGHT,
+            "layer": [
+                {"mark": {"type": "line", "point": {"size": 60}},
+                 "encoding": {"x": x, "y": y, "color": colour, "order": {"field": field},
+                              "strokeDash": {"field": "article", "type": "nominal", "legend": None,
+                                             "scale": {"domain": [False, True], "range": [[1, 0], [6, 3]]}}}},
+                {"mark": {"type": "text", "align": "left", "dx": 8, "dy": -8, "fontWeight": "bold"},
+                 "encoding": {"x": x, "y": y, "text": {"field": "label"}}},
+            ],
+        }
+
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": {"text": "What each training budget buys", "subtitle": [f"training steps alone on {sweep['cpu']}",
+                  "each recipe at its best peak learning rate; the article's shape dashed"]},
+        "data": {"values": points},
+        "hconcat": [panel("minutes", "training minutes (log scale)"), panel("tokens", "training tokens (log scale)")],
+        "background": "white",
+        "config": {"legend": {"labelLimit": 0, "orient": "bottom", "columns": 3}},
+    }
+
+
+def draw(runs: Path, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(vl_convert.vegalite_to_png(frontier_spec(json.loads(runs.read_text())), scale=SCALE))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["collect", "draw"])
+    parser.add_argument("--step-times", type=Path, default=SWEEP / "step_times.json", help="bench/recipe_step_time.py --json output")
+    parser.add_argument("--runs", type=Path, default=SWEEP / "runs.json", help="the sweep's rows")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "plots" / "frontier.png", help="the picture")
+    args = parser.parse_args()
+    if args.action == "collect":
+        print(f"{len(collect(args.step_times, args.runs))} runs -> {args.runs}")
+    else:
+        print(draw(args.runs, args.out))
+
+
+if __name__ == "__main__":
+    main()
