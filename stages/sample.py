@@ -12,6 +12,7 @@ from scratchgpt.generate import Sampling, stream, text_to_token_ids
 from scratchgpt.outputs import atomic_file
 from scratchgpt.params import bad_value
 from scratchgpt.progress import progress
+from scratchgpt.quantize import quantize
 
 
 def cell(text: str) -> str:
@@ -22,10 +23,12 @@ def cell(text: str) -> str:
 def main(pretrained: Path, finetuned: Path, out: Path) -> None:
     settings = params.load("sample").sample
     device = prepare(settings.device, "fp32", None, "sample").device
-    sampling = Sampling(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    sampling = Sampling(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                        repetition_penalty=settings.repetition_penalty, min_p=settings.min_p)
     columns = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
         model, encoding = load_model(folder, device)
+        model = quantize(model, settings.quantize, "sample.quantize")
         columns[name] = []
         for index, prompt in enumerate(settings.prompts):
             context = text_to_token_ids(prompt, encoding, device)
@@ -39,11 +42,19 @@ def main(pretrained: Path, finetuned: Path, out: Path) -> None:
                             context_length=model.config.context_length, sampling=sampling, generator=generator)
             bar = progress(tokens, total=settings.max_new_tokens, desc=f"{name}, prompt {index + 1}", unit="token")
             columns[name].append(encoding.decode([int(token) for token in bar]))
+    described = [f"temperature {settings.temperature}", f"top_k {settings.top_k}", f"top_p {settings.top_p}"]
+    # Settings that are off go unnamed, so the samples of runs made before they existed keep their bytes.
+    if settings.repetition_penalty != 1.0:
+        described.append(f"repetition_penalty {settings.repetition_penalty}")
+    if settings.min_p > 0:
+        described.append(f"min_p {settings.min_p}")
+    if settings.quantize != "none":
+        described.append(f"{settings.quantize} weights")
+    described += [f"{settings.max_new_tokens} new tokens", f"seed {settings.seed}"]
     lines = [
         "# Samples",
         "",
-        f"temperature {settings.temperature}, top_k {settings.top_k}, top_p {settings.top_p}, "
-        f"{settings.max_new_tokens} new tokens, seed {settings.seed}",
+        ", ".join(described),
         "",
         "| prompt | pretrained (IMDb) | fine-tuned (lyrics) |",
         "| --- | --- | --- |",

@@ -1,0 +1,82 @@
+"""Weights in 8 bits for faster generation on a CPU: `quantize(model, "int8")`.
+
+At batch 1 each new token reads every weight once and does little arithmetic with it, so
+decoding is bound by memory traffic: 8-bit weights move a quarter of fp32's bytes. The LM head
+is most of that traffic (32,768 x 256 weights, 32 MB in fp32, the default model's largest
+matrix by far), so it is quantized too.
+
+Each nn.Linear's weight is replaced by an `Int8Weight`: one int8 per weight and one scale per
+output row (symmetric, per channel: w ~ scale * round(w / scale)), the scheme of torchao's
+`Int8WeightOnlyConfig`. Its products run in ATen's `_weight_int8pack_mm`, which reads the int8
+weights as they are, in bf16 arithmetic. That kernel is what torch.compile turns torchao's
+int8 weight-only linear into on a CPU; torchao in eager mode instead casts the whole int8 matrix
+back to fp32 at every product, which writes and reads more bytes than fp32 weights would, and
+generates 3x slower than fp32 (bench/generate_throughput.py measures both; docs/performance.md).
+Calling the kernel directly gives the compiled speed without compiling (about 25 s on 2 cores,
+and again for each new shape).
+
+Models are saved in full precision and quantized when loaded: no second file format.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scratchgpt.model import GPT
+from scratchgpt.params import Quantize, bad_value
+
+# `_weight_int8pack_mm` reads the inputs 16 at a time and, in torch 2.13, crashes the process on
+# other widths instead of raising: such a layer (only in toy models) stays in full precision.
+INPUT_MULTIPLE = 16
+
+
+class Int8Weight:
+    """An nn.Linear's weight as int8 values and a scale per output row, usable where the weight
+    is: `F.linear(x, weight)` (and so the Linear itself, and the LM head's product in
+    `GPT.forward`) runs in 8 bits. Any other use of it is an error, not a silent dequantization."""
+
+    def __init__(self, weight: torch.Tensor):
+        weight = weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
+        self.values = (weight / scale[:, None]).round().to(torch.int8).contiguous()  # (out, in)
+        self.scale = scale.to(torch.bfloat16)  # the kernel takes the scale in the activations' dtype
+        self.shape = weight.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> torch.Tensor:
+        if func is not F.linear:
+            raise TypeError(f"an int8-quantized weight supports only linear, not {getattr(func, '__name__', func)}")
+        return _int8_linear(*args, **(kwargs or {}))
+
+
+def _int8_linear(input: torch.Tensor, weight: Int8Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(input, weight, bias) for an int8 weight; the result in `input`'s dtype."""
+    rows = input.reshape(-1, input.size(-1)).to(torch.bfloat16).contiguous()
+    output = torch.ops.aten._weight_int8pack_mm(rows, weight.values, weight.scale).to(input.dtype)
+    output = output.view(*input.shape[:-1], weight.shape[0])
+    return output if bias is None else output + bias
+
+
+def quantize(model: GPT, mode: Quantize, key: str) -> GPT:
+    """`model` with its nn.Linear weights (the LM head's included) in int8 for `mode` "int8",
+    in place; unchanged for "none". `key` is the params key or flag that chose `mode`, named in
+    the error for a model that is not on the CPU (the kernel is the CPU's)."""
+    if mode == "none":
+        return model
+    if model.output_weight.device.type != "cpu":
+        raise bad_value(key, mode, f"runs on the CPU only; the model is on {model.output_weight.device.type} "
+                        "(choose the cpu device)")
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module.in_features % INPUT_MULTIPLE == 0:
+            weight = Int8Weight(module.weight)
+            del module.weight  # a registered parameter can only be replaced by another parameter
+            module.weight = weight
+    return model
