@@ -1,7 +1,8 @@
 """Generation in 8 bits: tokens/s of fp32, bf16 autocast (where the CPU has bf16 units), torchao's
 int8 linear layers, and `scratchgpt generate --quantize int8`, and what int8 costs in bits per byte.
 
-Speed: 256 new tokens after a 4-token prompt, batch 1, greedy, KV cache, on the default shape
+Speed: 128 and 256 new tokens after a 4-token prompt, batch 1, greedy, KV cache (past the context
+of 256 positions, each new token re-runs the whole window, as in `generate`), on the default shape
 (params.yaml `model`, the trained tokenizer's 32,768 ids) and the article's (8 x 256, GPT-2's
 50,257 ids), random weights (speed does not depend on them); the variants take turns, so a busy
 machine slows them alike. torchao's rows are its int8 weight-only and dynamic int8 activation +
@@ -17,7 +18,7 @@ matrix, which int8 weights are not), so fp32 agrees with evaluate's figure to ro
 On a busy machine, `--cpu-time` times one thread's CPU time instead of wall-clock time (see
 bench/recipe_step_time.py): other processes do not inflate it, so its ratios hold.
 
-Run: python bench/quantize_throughput.py [--cpu-time] [--rounds 3] [--model models/pretrained --tokens data/tokens]
+Run: python bench/quantize_throughput.py [--cpu-time] [--rounds 3] [--profile] [--model models/pretrained --tokens data/tokens]
 """
 
 from __future__ import annotations
@@ -98,15 +99,29 @@ def speed_table(args: argparse.Namespace, bf16: bool) -> None:
     rows = []
     for shape, config in shapes().items():
         torch.manual_seed(0)
-        rows_of_shape = variants(GPT(config).eval(), bf16)
-        calls = {name: generation(model, autocast, args.new_tokens) for name, (model, autocast) in rows_of_shape.items()}
-        times = interleaved(calls, args.rounds, warmup=1, clock=clock)
-        fp32 = statistics.median(times["fp32"])
-        for name, measured in times.items():
-            median = statistics.median(measured)
-            rows.append([shape, name, f"{1000 * median / args.new_tokens:.2f}", f"{args.new_tokens / median:,.0f}",
-                         f"{fp32 / median:.2f}x"])
-    markdown_table(["model", "variant", "ms/token", "tokens/s", "vs fp32"], rows)
+        models = variants(GPT(config).eval(), bf16)
+        for new_tokens in args.new_tokens:
+            calls = {name: generation(model, autocast, new_tokens) for name, (model, autocast) in models.items()}
+            times = interleaved(calls, args.rounds, warmup=1, clock=clock)
+            fp32 = statistics.median(times["fp32"])
+            for name, measured in times.items():
+                median = statistics.median(measured)
+                rows.append([shape, name, new_tokens, f"{1000 * median / new_tokens:.2f}",
+                             f"{new_tokens / median:,.0f}", f"{fp32 / median:.2f}x"])
+    markdown_table(["model", "variant", "new tokens", "ms/token", "tokens/s", "vs fp32"], rows)
+
+
+def profile(new_tokens: int) -> None:
+    """Where the time of generating goes, fp32 against int8: the top operations, default shape."""
+    torch.manual_seed(0)
+    model = GPT(next(iter(shapes().values()))).eval()
+    for name, variant in (("fp32", model), ("int8", quantize(copy.deepcopy(model), "int8", "--quantize"))):
+        run = generation(variant, False, new_tokens)
+        run()  # warm-up
+        with torch.profiler.profile() as profiler:
+            run()
+        print(f"\n{name}, {new_tokens} new tokens:\n")
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
 
 
 class LogitsLoss(nn.Module):
@@ -144,9 +159,12 @@ def quality_table(folder: Path, tokens: Path, bf16: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[128, 256],
+                        help="generation lengths to time (default: 128, inside the context, and 256, where the "
+                        "last tokens each re-run the whole window)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpu-time", action="store_true", help="time one thread's CPU time (for a busy machine)")
+    parser.add_argument("--profile", action="store_true", help="also print the top operations of fp32 and int8")
     parser.add_argument("--model", type=Path, help="a trained model folder, for the quality table")
     parser.add_argument("--tokens", type=Path, default=Path("data/tokens"), help="the tokenize stage's output")
     args = parser.parse_args()
@@ -154,10 +172,12 @@ def main() -> None:
     bf16 = supports_bf16(CPU)
     timing = "CPU time of one thread" if args.cpu_time else "wall-clock"
     print(f"{describe_cpu()}; bf16 units: {'yes' if bf16 else 'no (no bf16 row)'}")
-    print(f"{args.new_tokens} new tokens after {PROMPT_TOKENS}, batch 1, greedy, KV cache, median of {args.rounds} "
+    print(f"new tokens after a {PROMPT_TOKENS}-token prompt, batch 1, greedy, KV cache, median of {args.rounds} "
           f"interleaved runs, {timing}")
     print()
     speed_table(args, bf16)
+    if args.profile:
+        profile(args.new_tokens[0])
     if args.model is None or not args.model.is_dir() or not (args.tokens / "imdb").is_dir():
         print("\n(no quality table: give --model and --tokens, such as models/pretrained and data/tokens)")
         return
