@@ -18,7 +18,8 @@ matrix, which int8 weights are not), so fp32 agrees with evaluate's figure to ro
 On a busy machine, `--cpu-time` times one thread's CPU time instead of wall-clock time (see
 bench/recipe_step_time.py): other processes do not inflate it, so its ratios hold.
 
-Run: python bench/quantize_throughput.py [--cpu-time] [--rounds 3] [--profile] [--model models/pretrained --tokens data/tokens]
+Run: python bench/quantize_throughput.py [--cpu-time] [--rounds 3] [--profile] [--emulate-avx2]
+                                         [--model models/pretrained --tokens data/tokens]
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ import argparse
 import copy
 import dataclasses
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +49,7 @@ from scratchgpt.params import load_sections
 from scratchgpt.quantize import quantize
 from scratchgpt.saved_model import load_model
 from scratchgpt.tokens import TokenShards, Windows
+from train_throughput import AVX2_ENV
 
 # torchao logs, at import, the CUDA-only extensions it cannot load on a CPU-only torch.
 logging.getLogger("torchao").setLevel(logging.ERROR)
@@ -164,10 +169,15 @@ def main() -> None:
                         "last tokens each re-run the whole window)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cpu-time", action="store_true", help="time one thread's CPU time (for a busy machine)")
+    parser.add_argument("--emulate-avx2", action="store_true", help="run on this CPU capped at AVX2 (an emulation "
+                        "of the common laptop kind, not a real AVX2 machine; the header's kernels say AVX2)")
     parser.add_argument("--profile", action="store_true", help="also print the top operations of fp32 and int8")
     parser.add_argument("--model", type=Path, help="a trained model folder, for the quality table")
     parser.add_argument("--tokens", type=Path, default=Path("data/tokens"), help="the tokenize stage's output")
     args = parser.parse_args()
+    if args.emulate_avx2:  # the caps are read when torch loads: run again in a process that has them
+        again = [argument for argument in sys.argv[1:] if argument != "--emulate-avx2"]
+        sys.exit(subprocess.run([sys.executable, __file__, *again], env=os.environ | AVX2_ENV).returncode)
     configure_cpu(1 if args.cpu_time else None)
     bf16 = supports_bf16(CPU)
     timing = "CPU time of one thread" if args.cpu_time else "wall-clock"

@@ -2,18 +2,18 @@
 
 At batch 1 each new token reads every weight once and does little arithmetic with it, so
 decoding is bound by memory traffic: 8-bit weights move a quarter of fp32's bytes. The LM head
-is most of that traffic (32,768 x 256 weights, 32 MB in fp32, the default model's largest
-matrix by far), so it is quantized too.
+is the largest share of that traffic (32,768 x 256 weights, 32 MB in fp32, against 25 MB for all
+8 blocks of the default model), so it is quantized too.
 
 Each nn.Linear's weight is replaced by an `Int8Weight`: one int8 per weight and one scale per
 output row (symmetric, per channel: w ~ scale * round(w / scale)), the scheme of torchao's
 `Int8WeightOnlyConfig`. Its products run in ATen's `_weight_int8pack_mm`, which reads the int8
-weights as they are, in bf16 arithmetic. That kernel is what torch.compile turns torchao's
-int8 weight-only linear into on a CPU; torchao in eager mode instead casts the whole int8 matrix
-back to fp32 at every product, which writes and reads more bytes than fp32 weights would, and
-generates 3x slower than fp32 (bench/generate_throughput.py measures both; docs/performance.md).
-Calling the kernel directly gives the compiled speed without compiling (about 25 s on 2 cores,
-and again for each new shape).
+weights as they are, in bf16 arithmetic. That kernel is what torch.compile turns torchao's int8
+weight-only linear into on a CPU (Inductor's pattern for it); torchao in eager mode instead casts
+the whole int8 matrix back to fp32 at every product, which moves more bytes than fp32 weights
+would: 0.78x the tokens/s of fp32, its dynamic int8 activation variant 0.48x, against 2.3x here
+(bench/quantize_throughput.py; docs/performance.md). Calling the kernel directly gives the
+compiled speed without compiling, which took 26 s on 2 cores and generated slower than this.
 
 Models are saved in full precision and quantized when loaded: no second file format.
 """

@@ -10,7 +10,8 @@ as JSON. A token's dict:
                                            # in ten-thousandths (ATTENTION_SCALE)
 
 `probability` and `rank` (1 = the model's favourite) are those of the model's own distribution
-(temperature 1, before top-k or top-p): what the model believed, not what the sampler allowed.
+(temperature 1, before the repetition penalty, top-k, top-p or min-p): what the model believed,
+not what the sampler allowed.
 The first token has no prediction, so its probability and rank are None and its candidates empty.
 """
 
