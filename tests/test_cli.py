@@ -109,3 +109,14 @@ def test_quantized_generation_writes_text_and_repeats_with_its_seed(model_folder
     first, second = (generate(model_folder, *flags) for _ in range(2))
     assert first.returncode == 0 and first.stderr == "", first.stderr
     assert first.stdout == second.stdout and first.stdout.startswith("hello") and len(first.stdout) > len("hello\n")
+
+
+def test_sampling_grid_prints_a_row_per_setting(model_folder):
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "scripts/sampling_grid.py", "--model", str(model_folder), "--temperature", "0.8",
+                             "--repetition-penalty", "1.0", "1.3", "--min-p", "0.1"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0.8")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0.8, 1.0, 0.1", "| 0.8, 1.3, 0.1"]
+    assert all(row.count(" | ") == 3 for row in rows)  # the setting and params.yaml's three prompts
