@@ -168,6 +168,11 @@ def test_a_missing_or_damaged_model_folder_is_one_line(explore_models, tmp_path,
     assert code == 1 and len(lines) == 1 and "corrupted or not a safetensors file" in lines[0]
 
 
+def test_a_bad_quantize_flag_is_one_line(explore_models, capsys):
+    code, lines = run_cli(capsys, "--model", str(explore_models["finetuned"]), "--quantize", "int4")
+    assert code == 1 and lines == ["error: --quantize = 'int4': must be one of none, int8"]
+
+
 def test_a_port_in_use_is_one_line(explore_models, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
