@@ -188,8 +188,11 @@ def main() -> None:
     speed_table(args, bf16)
     if args.profile:
         profile(args.new_tokens[0])
-    if args.model is None or not args.model.is_dir() or not (args.tokens / "imdb").is_dir():
+    if args.model is None:
         print("\n(no quality table: give --model and --tokens, such as models/pretrained and data/tokens)")
+        return
+    if not args.model.is_dir() or not (args.tokens / "imdb").is_dir():
+        print(f"\n(no quality table: {args.model} or {args.tokens / 'imdb'} is not here; run the pipeline first)")
         return
     print()
     quality_table(args.model, args.tokens, bf16)
