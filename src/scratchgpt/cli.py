@@ -37,9 +37,9 @@ SAMPLE_FLAGS = {
     "quantize": "--quantize",
 }
 QUANTIZE_HELP = (
-    "none, or int8: the weights of every linear layer, the LM head's included, in 8 bits, for faster text on a CPU "
-    "(the model folder stays full precision; the text differs slightly; docs/performance.md says how much faster "
-    "and what it costs) (default: %(default)s)"
+    "none, or int8: every linear layer's weights, the LM head's included, in 8 bits, for faster text on a CPU "
+    "(CPU only): 2.3x the tokens/s of fp32 for the default model on a 2-core AMD EPYC Zen 5. The text differs "
+    "slightly; the model folder stays full precision (docs/performance.md) (default: %(default)s)"
 )
 
 
