@@ -10,7 +10,7 @@ from torch import nn
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.generate import generate
 from scratchgpt.model import GPT
-from scratchgpt.quantize import Int8Weight, quantize
+from scratchgpt.quantize import MANY_ROWS, Int8Weight, quantize
 
 SMALL = dict(num_heads=2, vocab_size=500, embed_dim=32, attention_dim=32, num_blocks=2, context_length=32,
              dropout_rate=0.0)
@@ -41,6 +41,18 @@ def test_quantized_logits_are_close_to_fp32s_and_greedy_text_mostly_agrees():
     assert agree > 0.9
 
 
+@pytest.mark.parametrize("rows", [1, MANY_ROWS - 1, MANY_ROWS, 4 * MANY_ROWS])
+def test_one_row_or_many_both_paths_compute_the_same_product(rows):
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(96, 32, generator=generator), torch.randn(96, generator=generator)
+    x = torch.randn(1, rows, 32, generator=generator)
+    exact = torch.nn.functional.linear(x, weight, bias)
+    for bf16_units in (False, True):  # the int8 kernel, or the weights expanded to bf16 for many rows
+        quantized = torch.nn.functional.linear(x, Int8Weight(weight, bf16_units), bias)
+        assert quantized.dtype == torch.float32 and quantized.shape == exact.shape
+        assert (quantized - exact).abs().max() < 0.02 * exact.abs().max()
+
+
 def test_none_leaves_the_model_as_it_is():
     model = small_model()
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -57,7 +69,7 @@ def test_a_width_the_kernel_cannot_read_stays_in_full_precision():
 
 
 def test_an_int8_weight_refuses_anything_but_linear():
-    weight = Int8Weight(torch.randn(8, 16))
+    weight = Int8Weight(torch.randn(8, 16), bf16_units=False)
     with pytest.raises(TypeError, match="supports only linear, not matmul"):
         torch.matmul(torch.randn(2, 16), weight)
 
