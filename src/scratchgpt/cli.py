@@ -38,8 +38,8 @@ SAMPLE_FLAGS = {
 }
 QUANTIZE_HELP = (
     "none, or int8: every linear layer's weights, the LM head's included, in 8 bits, for faster text on a CPU "
-    "(CPU only): 2.3x the tokens/s of fp32 for the default model on a 2-core AMD EPYC Zen 5. The text differs "
-    "slightly; the model folder stays full precision (docs/performance.md) (default: %(default)s)"
+    "(only there): 2.1x to 2.4x the tokens/s of fp32 for the default model on a 2-core AMD EPYC Zen 5. The "
+    "text differs slightly; the model folder stays full precision (docs/performance.md) (default: %(default)s)"
 )
 
 

@@ -11,9 +11,10 @@ output row (symmetric, per channel: w ~ scale * round(w / scale)), the scheme of
 weights as they are, in bf16 arithmetic. That kernel is what torch.compile turns torchao's int8
 weight-only linear into on a CPU (Inductor's pattern for it); torchao in eager mode instead casts
 the whole int8 matrix back to fp32 at every product, which moves more bytes than fp32 weights
-would: 0.78x the tokens/s of fp32, its dynamic int8 activation variant 0.48x, against 2.3x here
-(bench/quantize_throughput.py; docs/performance.md). Calling the kernel directly gives the
-compiled speed without compiling, which took 26 s on 2 cores and generated slower than this.
+would: 0.70x to 0.87x the tokens/s of fp32 (its dynamic int8 activation variant about 0.5x),
+against 2.1x to 2.4x here (bench/quantize_throughput.py; docs/performance.md). Calling the kernel
+directly gives the compiled speed without compiling, which took 26 s on 2 cores and then
+generated slower than this.
 Products of many rows at once take another path where the CPU has bf16 units (see MANY_ROWS).
 
 Models are saved in full precision and quantized when loaded: no second file format.
