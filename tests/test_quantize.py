@@ -68,6 +68,12 @@ def test_a_width_the_kernel_cannot_read_stays_in_full_precision():
     assert generate(model, torch.tensor([[1, 2]]), 5, 32).shape == (1, 7)
 
 
+def test_a_head_tied_to_the_embedding_stays_in_full_precision():
+    model = quantize(small_model(tie_embeddings=True), "int8", "--quantize")
+    assert isinstance(model.output_weight, nn.Parameter) and isinstance(model.blocks[0].feed_forward.up.weight, Int8Weight)
+    assert generate(model, torch.tensor([[1, 2]]), 5, 32).shape == (1, 7)
+
+
 def test_an_int8_weight_refuses_anything_but_linear():
     weight = Int8Weight(torch.randn(8, 16), bf16_units=False)
     with pytest.raises(TypeError, match="supports only linear, not matmul"):

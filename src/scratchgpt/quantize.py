@@ -3,7 +3,8 @@
 At batch 1 each new token reads every weight once and does little arithmetic with it, so
 decoding is bound by memory traffic: 8-bit weights move a quarter of fp32's bytes. The LM head
 is the largest share of that traffic (32,768 x 256 weights, 32 MB in fp32, against 25 MB for all
-8 blocks of the default model), so it is quantized too.
+8 blocks of the default model), so it is quantized too; a head tied to the token embedding
+(`model.tie_embeddings`) is not a Linear and stays in full precision, for the lookups read it too.
 
 Each nn.Linear's weight is replaced by an `Int8Weight`: one int8 per weight and one scale per
 output row (symmetric, per channel: w ~ scale * round(w / scale)), the scheme of torchao's
