@@ -105,6 +105,8 @@ def test_repetition_penalty_divides_positive_logits_and_multiplies_negative_ones
     logits = torch.tensor([[3.0, 2.0]])
     assert next_token(logits, Sampling(repetition_penalty=2.0), seen=torch.tensor([[0]])).item() == 1
     assert next_token(logits, Sampling(repetition_penalty=1.4), seen=torch.tensor([[0]])).item() == 0
+    with pytest.raises(ValueError, match="needs the tokens seen so far"):
+        next_token(logits, Sampling(repetition_penalty=2.0))  # not silently unpenalised
 
 
 def test_settings_that_are_off_change_nothing():

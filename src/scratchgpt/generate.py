@@ -59,8 +59,11 @@ def next_token(
     logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None, seen: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Pick one token id per row of `logits` (batch, vocab): shape (batch, 1). `seen` (batch,
-    tokens) are the ids so far, prompt included, that `sampling.repetition_penalty` applies to."""
-    if sampling.repetition_penalty != 1.0 and seen is not None:
+    tokens) are the ids so far, prompt included, that `sampling.repetition_penalty` applies to
+    (needed only with a penalty)."""
+    if sampling.repetition_penalty != 1.0:
+        if seen is None:
+            raise ValueError("a repetition_penalty needs the tokens seen so far (seen=...)")
         logits = penalize_repetition(logits, seen, sampling.repetition_penalty)
     if sampling.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
