@@ -13,7 +13,9 @@ Quality, with `--model` and `--tokens` (the evaluate stage's inputs, such as mod
 data/tokens): bits per byte on the IMDb test windows that `evaluate` scores (params.yaml
 `evaluate.max_tokens`), in fp32, bf16 autocast and int8. Both sides compute the loss from the
 logits that generation samples from (evaluate's fused loss takes the LM head's weight as a
-matrix, which int8 weights are not), so fp32 agrees with evaluate's figure to rounding.
+matrix, which int8 weights are not), so fp32 agrees with evaluate's figure to rounding. Windows
+are scored in batches, so int8's products take its many-rows path (quantize.MANY_ROWS): the same
+8-bit weights and bf16 inputs as decoding, another kernel.
 
 On a busy machine, `--cpu-time` times one thread's CPU time instead of wall-clock time (see
 bench/recipe_step_time.py): other processes do not inflate it, so its ratios hold.
