@@ -43,6 +43,11 @@ def generate(model_folder, *flags: str) -> subprocess.CompletedProcess:
         (["--top-k", "2.5"], "--top-k = 2.5: must be a whole number"),
         (["--seed", str(2**64)], f"--seed = {2**64}: must be from 0 to"),
         (["--device", "tpu"], "--device = 'tpu': must be one of auto, cpu, cuda, mps"),
+        (["--repetition-penalty", "0"], "--repetition-penalty = 0: must be > 0"),
+        (["--repetition-penalty", "much"], "--repetition-penalty = 'much': must be a number"),
+        (["--min-p", "1.5"], "--min-p = 1.5: must be in [0, 1]"),
+        (["--min-p", "-0.1"], "--min-p = -0.1: must be in [0, 1]"),
+        (["--quantize", "int4"], "--quantize = 'int4': must be one of none, int8"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )
@@ -89,3 +94,29 @@ def test_output_piped_into_head_ends_quietly(model_folder):
 def test_seeded_generation_repeats(model_folder):
     first, second = (generate(model_folder, "--max-new-tokens", "5", "--seed", "7") for _ in range(2))
     assert first.returncode == 0 and first.stdout == second.stdout and first.stdout.startswith("hello")
+
+
+def test_help_says_what_quantize_does():
+    result = subprocess.run([*CLI, "generate", "--help"], capture_output=True, text=True)
+    words = " ".join(result.stdout.split())
+    assert "--quantize" in words and "in 8 bits, for faster text on a CPU" in words
+    assert "--repetition-penalty" in words and "--min-p" in words
+
+
+def test_quantized_generation_writes_text_and_repeats_with_its_seed(model_folder):
+    flags = ["--max-new-tokens", "8", "--seed", "3", "--quantize", "int8", "--repetition-penalty", "1.3",
+             "--min-p", "0.05"]
+    first, second = (generate(model_folder, *flags) for _ in range(2))
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    assert first.stdout == second.stdout and first.stdout.startswith("hello") and len(first.stdout) > len("hello\n")
+
+
+def test_sampling_grid_prints_a_row_per_setting(model_folder):
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "scripts/sampling_grid.py", "--model", str(model_folder), "--temperature", "0.8",
+                             "--repetition-penalty", "1.0", "1.3", "--min-p", "0.1"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0.8")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0.8, 1.0, 0.1", "| 0.8, 1.3, 0.1"]
+    assert all(row.count(" | ") == 3 for row in rows)  # the setting and params.yaml's three prompts

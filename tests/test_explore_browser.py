@@ -88,7 +88,10 @@ def test_switch_the_attention_view(page, explorer):
 def test_mistakes_are_a_message_on_the_page(page):
     page.find("#tab-probabilities").click()
     assert page.continue_prompt("Lights go out", top_p="1.5") == "--top-p = 1.5: must be in (0, 1]"
-    assert page.continue_prompt("", top_p="0.95").startswith("the prompt is empty")
+    assert page.continue_prompt("Lights go out", top_p="0.95", min_p="2") == "--min-p = 2: must be in [0, 1]"
+    assert (page.continue_prompt("Lights go out", min_p="0.0", repetition_penalty="0")
+            == "--repetition-penalty = 0: must be > 0")
+    assert page.continue_prompt("", repetition_penalty="1.0").startswith("the prompt is empty")
 
 
 def test_the_screenshot_command_saves_both_views(explore_models, tmp_path):

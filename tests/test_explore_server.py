@@ -17,7 +17,8 @@ import pytest
 from scratchgpt.cli import build_parser, main
 from scratchgpt.explore.server import Explorer, load, serving
 
-SETTINGS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "max_new_tokens": "6"}
+SETTINGS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "repetition_penalty": "1.0", "min_p": "0.0",
+            "max_new_tokens": "6"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,8 @@ def test_info_names_the_models_and_gives_generates_defaults(url):
     assert (info["num_blocks"], info["num_heads"], info["context_length"], info["attention_scale"]) == (2, 2, 64, 10_000)
     generate_defaults = vars(build_parser().parse_args(["generate", "a prompt"]))
     assert info["defaults"] == {
-        **{name: generate_defaults[name] for name in ("temperature", "top_k", "top_p")},  # generate's
+        # generate's
+        **{name: generate_defaults[name] for name in ("temperature", "top_k", "top_p", "repetition_penalty", "min_p")},
         "seed": "",  # none: a fresh draw each time, as in generate
         "max_new_tokens": "32",  # half of this tiny context, leaving room for a prompt
     }
@@ -91,6 +93,23 @@ def test_generate_streams_start_tokens_compare_end(url):
     assert generate(url, seed="5") == events  # a seed repeats the draw
 
 
+def test_the_sampling_settings_reach_the_sampler(url):
+    """min-p 1 keeps only the likeliest token: greedy, whatever the temperature; a huge repetition
+    penalty then never takes a token of the text again."""
+    greedy = generate(url, temperature="0", seed="1")
+    assert generate(url, temperature="5", min_p="1", seed="2") == [{**greedy[0], "seed": 2}, *greedy[1:]]
+    events = generate(url, temperature="0", repetition_penalty="1e9", max_new_tokens="20")
+    ids = [t["id"] for t in events[0]["tokens"]] + [e["token"]["id"] for e in events if e["type"] == "token"]
+    assert len(set(ids)) == len(ids)
+
+
+def test_quantized_models_stream_the_same_events(explore_models):
+    explorer = Explorer(load(explore_models["finetuned"], "cpu", "int8"), load(explore_models["pretrained"], "cpu", "int8"))
+    with serving(explorer) as address:
+        events = generate(address, seed="5")
+    assert [e["type"] for e in events] == ["start"] + ["token"] * 6 + ["compare", "end"]
+
+
 def test_a_one_token_prompt_has_nothing_that_predicted_it(url):
     start, first, *_ = generate(url, prompt="Hello", max_new_tokens="2")
     assert [t["probability"] for t in start["tokens"]] == [None] and first["token"]["probability"] > 0
@@ -111,6 +130,8 @@ def test_without_a_seed_each_draw_differs_and_says_its_seed(url):
         ({"top_k": "2.5"}, "--top-k = 2.5: must be a whole number"),
         ({"max_new_tokens": "0"}, "--max-new-tokens = 0: must be from 1 to 4,096"),
         ({"seed": "-3"}, "--seed = -3: must be from 0 to"),
+        ({"repetition_penalty": "-1"}, "--repetition-penalty = -1: must be > 0"),
+        ({"min_p": "2"}, "--min-p = 2: must be in [0, 1]"),
         ({"prompt": ""}, "the prompt is empty"),
         ({"prompt": " word" * 64}, "the prompt is 64 tokens: finetuned's context holds 64"),
         ({"max_new_tokens": "62"}, "the prompt (4 tokens) and --max-new-tokens 62 need 66 positions"),
@@ -145,6 +166,11 @@ def test_a_missing_or_damaged_model_folder_is_one_line(explore_models, tmp_path,
     (damaged / "model.safetensors").write_bytes(b"\0" * 100)
     code, lines = run_cli(capsys, "--model", str(damaged), "--compare", str(explore_models["pretrained"]))
     assert code == 1 and len(lines) == 1 and "corrupted or not a safetensors file" in lines[0]
+
+
+def test_a_bad_quantize_flag_is_one_line(explore_models, capsys):
+    code, lines = run_cli(capsys, "--model", str(explore_models["finetuned"]), "--quantize", "int4")
+    assert code == 1 and lines == ["error: --quantize = 'int4': must be one of none, int8"]
 
 
 def test_a_port_in_use_is_one_line(explore_models, capsys):

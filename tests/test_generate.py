@@ -78,3 +78,52 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert printed.startswith("I want something") and len(printed) > len("I want something\n")
+
+
+def test_min_p_keeps_the_tokens_at_least_min_p_times_as_likely_as_the_likeliest():
+    # probabilities 0.5, 0.3, 0.1, 0.1: at min_p 0.5 the threshold is 0.25
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.1, 0.1]]))
+    generator = torch.Generator().manual_seed(0)
+    draws = {next_token(logits, Sampling(temperature=1.0, min_p=0.5), generator).item() for _ in range(200)}
+    assert draws == {0, 1}
+    only_the_best = {next_token(logits, Sampling(temperature=1.0, min_p=1.0), generator).item() for _ in range(50)}
+    assert only_the_best == {0}
+    # min_p compares probabilities after temperature: at temperature 3, 0.1 is 0.58x as likely as 0.5
+    hot = {next_token(logits, Sampling(temperature=3.0, min_p=0.5), generator).item() for _ in range(300)}
+    assert hot == {0, 1, 2, 3}
+
+
+def test_repetition_penalty_divides_positive_logits_and_multiplies_negative_ones():
+    from scratchgpt.generate import penalize_repetition
+
+    logits = torch.tensor([[2.0, -1.0, 3.0, 0.5]])
+    seen = torch.tensor([[0, 1, 1]])  # token 1 twice: penalised once
+    penalised = penalize_repetition(logits, seen, 2.0)
+    assert penalised.tolist() == [[1.0, -2.0, 3.0, 0.5]]
+    assert logits.tolist() == [[2.0, -1.0, 3.0, 0.5]]  # the input is left as it was
+    # Greedy too: the seen favourite (3.0 / 2) falls below an unseen 2.0.
+    logits = torch.tensor([[3.0, 2.0]])
+    assert next_token(logits, Sampling(repetition_penalty=2.0), seen=torch.tensor([[0]])).item() == 1
+    assert next_token(logits, Sampling(repetition_penalty=1.4), seen=torch.tensor([[0]])).item() == 0
+    with pytest.raises(ValueError, match="needs the tokens seen so far"):
+        next_token(logits, Sampling(repetition_penalty=2.0))  # not silently unpenalised
+
+
+def test_settings_that_are_off_change_nothing():
+    logits = torch.randn(3, 50)
+    seen = torch.randint(0, 50, (3, 7))
+    off = Sampling(temperature=0.7, repetition_penalty=1.0, min_p=0.0)
+    plain = Sampling(temperature=0.7)
+    draws = [torch.cat([next_token(logits, s, torch.Generator().manual_seed(1), seen=seen) for _ in range(20)], dim=1)
+             for s in (off, plain)]
+    assert torch.equal(draws[0], draws[1])
+    assert torch.equal(next_token(logits, Sampling(repetition_penalty=1.0), seen=seen), logits.argmax(-1, keepdim=True))
+
+
+def test_the_penalty_counts_the_prompt_and_what_was_generated(model):
+    """Greedy decoding of a random model loops; a strong penalty never repeats a token while unseen ones remain."""
+    context = torch.tensor([[1, 2, 3]])
+    looped = generate(model, context, 20, 8)[0].tolist()
+    assert len(set(looped)) < len(looped)
+    varied = generate(model, context, 20, 8, sampling=Sampling(repetition_penalty=1e6))[0].tolist()
+    assert len(set(varied)) == len(varied)

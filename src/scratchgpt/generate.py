@@ -1,14 +1,17 @@
 """Text from a model, one token at a time, and the article's helpers to go between text and ids.
 
-Each new token is drawn from the model's next-token distribution, reshaped by temperature
-(0 = always the most likely token), top-k (only the k likeliest) and top-p (only the smallest
-set whose probability reaches p). A KV cache keeps the keys and values of tokens already seen,
+Each new token is drawn from the model's next-token distribution, reshaped by a repetition
+penalty (tokens already in the text made less likely), temperature (0 = always the most likely
+token), top-k (only the k likeliest), top-p (only the smallest set whose probability reaches p)
+and min-p (only tokens at least min_p times as likely as the likeliest), in that order, as
+Hugging Face's `generate` applies them. A KV cache keeps the keys and values of tokens already seen,
 so each step runs the model on one new position; once the context is full, the window slides
 and is run again whole, exactly as the article's generate does, so outputs match it token for token.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,15 +35,36 @@ def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding) -> 
 class Sampling:
     """How each next token is chosen: `temperature` 0 always takes the most likely token (the
     default, as in the article); otherwise a draw among the `top_k` likeliest tokens (None: all)
-    that make up the smallest set whose probability reaches `top_p`."""
+    that make up the smallest set whose probability reaches `top_p`, keeping only those at least
+    `min_p` times as likely as the likeliest (0: all). A `repetition_penalty` above 1 makes every
+    token already in the text (prompt included) less likely, greedy or not (1: off)."""
 
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
 
 
-def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick one token id per row of `logits` (batch, vocab): shape (batch, 1)."""
+def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """`logits` (batch, vocab) with each token of `seen` (batch, tokens) made less likely, the
+    rule of Hugging Face's `repetition_penalty` (CTRL, Keskar et al. 2019): a positive logit is
+    divided by `penalty`, a negative one multiplied by it, so both move down for a penalty > 1. A
+    token counts once however often it was seen."""
+    scores = logits.gather(-1, seen)
+    return logits.scatter(-1, seen, torch.where(scores > 0, scores / penalty, scores * penalty))
+
+
+def next_token(
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None, seen: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Pick one token id per row of `logits` (batch, vocab): shape (batch, 1). `seen` (batch,
+    tokens) are the ids so far, prompt included, that `sampling.repetition_penalty` applies to
+    (needed only with a penalty)."""
+    if sampling.repetition_penalty != 1.0:
+        if seen is None:
+            raise ValueError("a repetition_penalty needs the tokens seen so far (seen=...)")
+        logits = penalize_repetition(logits, seen, sampling.repetition_penalty)
     if sampling.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / sampling.temperature
@@ -53,6 +77,10 @@ def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Genera
         # Drop a token when the likelier ones before it already reach top_p (the first always stays).
         drop = probabilities.cumsum(dim=-1) - probabilities >= sampling.top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    if sampling.min_p > 0:
+        # p >= min_p * p_max  <=>  logit >= max_logit + ln(min_p): the same test without a softmax.
+        floor = logits.max(dim=-1, keepdim=True).values + math.log(sampling.min_p)
+        logits = logits.masked_fill(logits < floor, float("-inf"))
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
 
 
@@ -79,7 +107,7 @@ def stream(
             logits = model(tokens[:, -context_length:], caches)
         else:
             logits = model(tokens[:, -1:], caches)
-        chosen = next_token(logits[:, -1, :], sampling, generator)
+        chosen = next_token(logits[:, -1, :], sampling, generator, seen=tokens)
         tokens = torch.cat([tokens, chosen], dim=1)
         yield chosen
 

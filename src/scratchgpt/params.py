@@ -83,6 +83,7 @@ def new_tokens_range() -> Any:
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Optimizer = Literal["adamw", "muon"]
 Precision = Literal["auto", "fp32", "bf16"]
+Quantize = Literal["none", "int8"]
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,11 @@ class SampleParams:
     temperature: float = non_negative()
     top_k: int | None = positive()
     top_p: float = fraction(closed_high=True)
+    repetition_penalty: float = positive()  # 1.0 = off; above 1 discourages tokens already in the text
+    min_p: float = _rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")  # 0 = off
     seed: int = seed_range()
     device: Device
+    quantize: Quantize  # int8: the models' weights in 8 bits (CPU only; see quantize.py)
 
 
 SECTIONS: dict[str, type] = {

@@ -46,7 +46,8 @@ from scratchgpt.errors import ScratchGPTError, reason
 from scratchgpt.explore.trace import ATTENTION_SCALE, score, trace_continuation
 from scratchgpt.generate import Sampling, text_to_token_ids
 from scratchgpt.model import GPT
-from scratchgpt.params import MAX_SEED, SampleParams, parse_flag
+from scratchgpt.params import MAX_SEED, Quantize, SampleParams, parse_flag
+from scratchgpt.quantize import quantize
 from scratchgpt.saved_model import load_model
 
 PAGE = resources.files(__package__).joinpath("page.html").read_bytes()
@@ -59,8 +60,9 @@ MAX_REQUEST_BYTES = 1 << 20  # far above any prompt that fits a context
 # The page's sampling controls, checked like the `sample` keys of the same names (and like
 # `scratchgpt generate`'s flags); their defaults are generate's, but for max_new_tokens, which
 # must fit in the context beside the prompt (see `Explorer.info`).
-SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
-PAGE_DEFAULTS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "seed": ""}
+SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "min_p", "seed")
+PAGE_DEFAULTS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "repetition_penalty": "1.0", "min_p": "0.0",
+                 "seed": ""}
 DEFAULT_NEW_TOKENS = 64
 
 
@@ -71,11 +73,11 @@ class LoadedModel:
     encoding: tiktoken.Encoding
 
 
-def load(folder: str | Path, device: torch.device | str) -> LoadedModel:
-    """A model folder as a model and the tokenizer it reads: the one place that knows where the
-    tokenizer comes from."""
+def load(folder: str | Path, device: torch.device | str, quantization: Quantize = "none") -> LoadedModel:
+    """A model folder as a model (quantized as `scratchgpt explore --quantize` says) and the
+    tokenizer it reads: the one place that knows where the tokenizer comes from."""
     model, encoding = load_model(folder, device)
-    return LoadedModel(Path(folder).resolve().name, model, encoding)
+    return LoadedModel(Path(folder).resolve().name, quantize(model, quantization, "--quantize"), encoding)
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ class Explorer:
                 f"the prompt ({length:,} tokens) and --max-new-tokens {wanted:,} need {length + wanted:,} positions "
                 f"but {self.main.name}'s context holds {context:,}: ask for at most {context - length:,} new tokens"
             )
-        sampling = Sampling(temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"])
+        sampling = Sampling(temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+                            repetition_penalty=settings["repetition_penalty"], min_p=settings["min_p"])
         return Request(prompt_ids, wanted, sampling, settings.get("seed"))
 
     def events(self, request: Request) -> Iterator[dict]:
@@ -247,9 +250,11 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve(model: str, compare: str | None, host: str, port: int, device: torch.device | str) -> None:
+def serve(
+    model: str, compare: str | None, host: str, port: int, device: torch.device | str, quantization: Quantize = "none"
+) -> None:
     """Load the models, say the page's address in one line, serve until Ctrl-C (or SIGTERM)."""
-    explorer = Explorer(load(model, device), load(compare, device) if compare else None)
+    explorer = Explorer(load(model, device, quantization), load(compare, device, quantization) if compare else None)
     with ExploreServer(explorer, host, port) as server:
         print(f"scratchgpt explore: {server.url} (Ctrl-C stops it)", flush=True)
         # Set here rather than inherited: a shell starts background jobs with SIGINT ignored, and

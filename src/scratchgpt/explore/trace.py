@@ -10,7 +10,8 @@ as JSON. A token's dict:
                                            # in ten-thousandths (ATTENTION_SCALE)
 
 `probability` and `rank` (1 = the model's favourite) are those of the model's own distribution
-(temperature 1, before top-k or top-p): what the model believed, not what the sampler allowed.
+(temperature 1, before the repetition penalty, top-k, top-p or min-p): what the model believed,
+not what the sampler allowed.
 The first token has no prediction, so its probability and rank are None and its candidates empty.
 """
 
@@ -137,11 +138,13 @@ def trace_continuation(
     if len(prompt_ids) + max_new_tokens > model.config.context_length:
         raise ValueError(f"{len(prompt_ids)} + {max_new_tokens} tokens exceed the context {model.config.context_length}")
     caches = model.new_caches()
+    seen = torch.tensor([prompt_ids], device=model.output_weight.device)  # (1, tokens so far)
     with keeping_attention(model) as attentions:
-        logits = model(torch.tensor([prompt_ids], device=model.output_weight.device), caches)
+        logits = model(seen, caches)
         yield _with_attention(_describe_pass(encoding, prompt_ids, logits[0]), attentions)
         for _ in range(max_new_tokens):
-            chosen = next_token(logits[:, -1], sampling, generator)  # (1, 1)
+            chosen = next_token(logits[:, -1], sampling, generator, seen=seen)  # (1, 1)
+            seen = torch.cat([seen, chosen], dim=1)
             probabilities = _distributions(logits[0, -1:])
             # Feeding the new token in computes what it looks at (and the next distribution).
             logits = model(chosen, caches)
