@@ -1,7 +1,7 @@
 """The frontier: what each training budget buys, drawn from the shape sweep's own experiments.
 
     python bench/recipe_step_time.py --json metrics/sweep/step_times.json   # seconds a step, per recipe
-    python scripts/frontier.py collect        # dvc exp show --json -> metrics/sweep/runs.json
+    python scripts/frontier.py collect [--rev COMMIT ...]   # dvc exp show --json -> metrics/sweep/runs.json
     python scripts/frontier.py draw           # metrics/sweep/runs.json -> docs/plots/frontier.png
 
 `collect` reads every experiment of the sweep (names starting with `short-`, `default-` or
@@ -92,10 +92,11 @@ def run_row(name: str, data: dict[str, Any], step_seconds: dict[tuple, float]) -
     }
 
 
-def collect(step_times: Path, out: Path) -> list[dict[str, Any]]:
+def collect(step_times: Path, out: Path, revisions: list[str]) -> list[dict[str, Any]]:
+    """The sweep's rows from the experiments of `revisions` (the commits they were run from)."""
     measured = json.loads(step_times.read_text())
-    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout
+    command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(f"--rev={rev}" for rev in revisions)]
+    shown = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     step_seconds = {recipe_key(recipe): recipe["seconds"] for recipe in measured["recipes"]}
     rows = [run_row(name, data, step_seconds) for name, data in sweep_experiments(json.loads(shown))]
     if not rows:
@@ -165,9 +166,11 @@ def main() -> None:
     parser.add_argument("--step-times", type=Path, default=SWEEP / "step_times.json", help="bench/recipe_step_time.py --json output")
     parser.add_argument("--runs", type=Path, default=SWEEP / "runs.json", help="the sweep's rows")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "plots" / "frontier.png", help="the picture")
+    parser.add_argument("--rev", action="append", default=[], metavar="COMMIT",
+                        help="collect the experiments run from this commit (repeatable; default: HEAD)")
     args = parser.parse_args()
     if args.action == "collect":
-        print(f"{len(collect(args.step_times, args.runs))} runs -> {args.runs}")
+        print(f"{len(collect(args.step_times, args.runs, args.rev or ['HEAD']))} runs -> {args.runs}")
     else:
         print(draw(args.runs, args.out))
 
