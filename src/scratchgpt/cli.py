@@ -126,6 +126,9 @@ COMMANDS = {"generate": generate_command, "explore": explore_command}
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_error():
+        if sys.stdout is None:  # started with stdout closed (`>&-`): Python then has no sys.stdout
+            raise ScratchGPTError("standard output is closed; scratchgpt writes there: "
+                                  "redirect it to a file or to /dev/null instead")
         try:
             COMMANDS[args.command](args)
         except BrokenPipeError:
