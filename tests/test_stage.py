@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +44,24 @@ def test_sigterm_stops_a_stage_in_one_line_without_half_written_output(tmp_path)
     assert process.returncode == 128 + signal.SIGTERM
     assert err.strip().splitlines() == ["stopped by SIGTERM; no output written"]
     assert [p.name for p in tmp_path.iterdir()] == [script.name]  # no output, no temporary
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the stage's memory map in /proc")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_stage_imports_torch_is_one_line(tmp_path, how):
+    process = subprocess.Popen([sys.executable, "-m", "stages.pretrain", "tokens", "model", "metrics"],
+                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    maps = Path(f"/proc/{process.pid}/maps")
+    deadline = time.monotonic() + 60
+    while "libtorch" not in maps.read_text():  # torch is being imported: seconds before `stage.run`
+        assert process.poll() is None and time.monotonic() < deadline, "the stage never started to import torch"
+        time.sleep(0.002)
+    process.send_signal(how)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + how
+    assert err.splitlines() == [f"stopped by {how.name}; no output written"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("stage", sorted(p.stem for p in (ROOT / "stages").glob("[a-z]*.py")))
