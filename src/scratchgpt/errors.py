@@ -47,13 +47,10 @@ def _exit_stopped(signum: int, _frame: FrameType | None) -> NoReturn:
 
 
 def stop_in_one_line() -> None:
-    """From now until `exit_on_error` takes over, SIGTERM and Ctrl-C end the process with the line
-    and exit status that `exit_on_error` gives, where Python's defaults end it silently (SIGTERM)
-    or with a traceback (Ctrl-C). For a process that has written nothing yet: a stage importing
-    torch, which takes seconds. An ignored SIGINT (a background job's) stays ignored."""
+    """From now until `exit_on_error` takes over, SIGTERM ends the process with the line and exit
+    status that `exit_on_error` gives, where Python's default ends it silently. For a process that
+    has written nothing yet: a stage importing torch, which takes seconds."""
     signal.signal(signal.SIGTERM, _exit_stopped)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _exit_stopped)
 
 
 def warn(message: str) -> None:
