@@ -26,7 +26,10 @@ CURVES = Path("metrics/train/plots/metrics")
 
 
 def state_files(repo: Path) -> list[Path]:
-    return list((repo / ".ckpt").glob("pretrain-*/state.json"))
+    try:
+        return list((repo / ".ckpt").glob("pretrain-*/state.json"))
+    except FileNotFoundError:  # a stage start removed the empty `.ckpt` while it was being listed
+        return []
 
 
 def saved_step(repo: Path) -> int:

@@ -246,6 +246,8 @@ class _Handler(BaseHTTPRequestHandler):
             events.close()  # releases the models for the next request
 
     def _read_json(self) -> object:
+        """The request's body, read as JSON: a Refusal when its Content-Length is missing, not a
+        number of bytes or too large, or when fewer bytes come; a ScratchGPTError when not JSON."""
         text = (self.headers.get("Content-Length") or "").strip()
         if not text:
             raise Refusal(HTTPStatus.LENGTH_REQUIRED, "the request has no Content-Length")
