@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +90,22 @@ def test_output_piped_into_head_ends_quietly(model_folder):
     for _ in range(3):
         result = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
         assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "explore"])
+def test_closed_output_is_one_line(model_folder, command):
+    # `>&-` closes stdout (fd 1) itself, which DEVNULL or a closed pipe would not.
+    result = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *CLI, command, *(["hello"] if command == "generate" else []),
+                             "--model", str(model_folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr == "error: standard output is closed; scratchgpt writes there: redirect it to a file or to /dev/null instead\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_output_that_fails_to_write_is_one_line(model_folder):
+    result = subprocess.run(["sh", "-c", 'exec "$@" >/dev/full', "sh", *CLI, "generate", "hello", "--model", str(model_folder)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr == "error: No space left on device\n"
 
 
 def test_seeded_generation_repeats(model_folder):

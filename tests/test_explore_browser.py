@@ -94,6 +94,15 @@ def test_mistakes_are_a_message_on_the_page(page):
     assert page.continue_prompt("", repetition_penalty="1.0").startswith("the prompt is empty")
 
 
+def test_off_loopback_the_page_passes_its_token_on_to_its_requests(explorer):
+    with serving(explorer, "0.0.0.0") as url:  # http://0.0.0.0:PORT/?token=...
+        browser = ExplorePage(url.replace("0.0.0.0", "127.0.0.1"))  # ExplorePage waits for /info's defaults
+        try:
+            assert browser.continue_prompt("Lights go out", seed="3", max_new_tokens="4") == "done: 4 new tokens, seed 3"
+        finally:
+            browser.close()
+
+
 def test_the_screenshot_command_saves_both_views(explore_models, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts/explore_screenshots.py"), "--model", str(explore_models["finetuned"]),
                     "--compare", str(explore_models["pretrained"]), "--out", str(tmp_path)], check=True, capture_output=True)

@@ -9,21 +9,27 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
 
 from scratchgpt.cli import build_parser, main
-from scratchgpt.explore.server import Explorer, load, serving
+from scratchgpt.explore.server import BODY_TIMEOUT_S, Explorer, load, serving
 
 SETTINGS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "repetition_penalty": "1.0", "min_p": "0.0",
             "max_new_tokens": "6"}
 
 
 @pytest.fixture(scope="module")
-def url(explore_models):
-    explorer = Explorer(load(explore_models["finetuned"], "cpu"), load(explore_models["pretrained"], "cpu"))
+def explorer(explore_models):
+    return Explorer(load(explore_models["finetuned"], "cpu"), load(explore_models["pretrained"], "cpu"))
+
+
+@pytest.fixture(scope="module")
+def url(explorer):
     with serving(explorer) as address:
         yield address
 
@@ -37,7 +43,11 @@ def get(address: str) -> tuple[int, dict, bytes]:
 
 
 def post(address: str, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(address + "generate", data=body, headers={"Content-Type": "application/json"})
+    return post_to(address + "generate", body)
+
+
+def post_to(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request) as response:
             return response.status, response.read()
@@ -144,6 +154,76 @@ def test_a_bad_prompt_or_setting_is_one_line_for_the_page(url, form, message):
     assert message in error and "\n" not in error
 
 
+def test_a_missing_setting_is_named(url):
+    form = {"prompt": "Lights go out", **SETTINGS}
+    del form["temperature"]
+    for body in (form, {**form, "top_k": None}):
+        status, answer = post(url, json.dumps(body).encode())
+        assert status == 400
+        assert json.loads(answer)["error"].startswith("--temperature")
+    assert json.loads(answer)["error"] == "--temperature, --top-k: missing; every setting but the seed needs a value"
+
+
+def raw_request(address: str, request: bytes) -> tuple[int, bytes, float]:
+    """Send `request` as it is over a socket, keeping the socket open for writing; the answer's
+    status, body and how many seconds it took to come whole."""
+    parts = urllib.parse.urlsplit(address)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as connection:
+        started = time.monotonic()
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(1 << 16):
+            answer += chunk
+        seconds = time.monotonic() - started
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body, seconds
+
+
+GOOD_BODY = json.dumps({"prompt": "Lights go out", **SETTINGS}).encode()
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status, message",
+    [
+        (b"POST /generate HTTP/1.1\r\nContent-Length: abc\r\n\r\n", 400, "Content-Length: 'abc' is not a number"),
+        (b"POST /generate HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "Content-Length: '-1' is not a number"),
+        (b"POST /generate HTTP/1.1\r\n\r\n", 411, "the request has no Content-Length"),
+        (b"POST /generate HTTP/1.1\r\nContent-Length: 100\r\n\r\n{", 400, "shorter than its Content-Length, 100 bytes"),
+        (b"POST /generate HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n", 413, "at most 1,048,576 are read"),
+        (b"GET /generate HTTP/1.1\r\n\r\n", 405, "GET /generate: not allowed; it takes POST"),
+        (b"PUT / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 405, "PUT /: not allowed; it takes GET"),
+        (b"DELETE /nowhere HTTP/1.1\r\n\r\n", 404, "/nowhere: no such page"),
+        (b"NONSENSE\r\n\r\n", 400, "Bad request"),
+    ],
+    ids=["length-abc", "length-negative", "no-length", "short-body", "huge-length", "get-generate", "put", "delete",
+         "no-request-line"],
+)
+def test_a_malformed_request_gets_a_prompt_4xx_and_the_server_stays_up(url, request_bytes, status, message):
+    answer_status, body, seconds = raw_request(url, request_bytes)
+    assert answer_status == status and body.count(b"\n") == 0, body
+    assert message in json.loads(body)["error"]
+    # Promptly: a body shorter than announced is waited for BODY_TIMEOUT_S, every other at once.
+    assert seconds < (BODY_TIMEOUT_S if b"{" in request_bytes and b"POST" in request_bytes else 0) + 1.0
+    assert raw_request(url, b"POST /generate HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(GOOD_BODY), GOOD_BODY))[0] == 200
+
+
+def test_off_loopback_every_request_needs_the_token(explorer):
+    with serving(explorer, "0.0.0.0") as address:
+        parts = urllib.parse.urlsplit(address)
+        token = urllib.parse.parse_qs(parts.query)["token"][0]
+        assert len(token) >= 32
+        base = f"http://127.0.0.1:{parts.port}/"
+        for query in ("", "?token=", "?token=" + token[:-1] + "x", "?token=" + token + "x", "?token=\u00e9"):
+            for path in ("", "info", "nowhere"):
+                status, _, body = get(base + path + urllib.parse.quote(query, safe="?="))
+                assert status == 403 and "needs the token in the address" in json.loads(body)["error"], (path, query)
+            assert post_to(base + "generate" + urllib.parse.quote(query, safe="?="), GOOD_BODY)[0] == 403, query
+        assert get(address)[0] == 200  # the page, at the printed address
+        assert get(base + "info?token=" + token)[0] == 200
+        status, body = post_to(base + "generate?token=" + token, GOOD_BODY)
+        assert status == 200 and json.loads(body.splitlines()[-1]) == {"type": "end"}
+
+
 def test_a_request_that_is_not_json_or_not_a_page(url):
     status, body = post(url, b"{prompt")
     assert status == 400 and json.loads(body)["error"].startswith("the request is not JSON")
@@ -202,3 +282,26 @@ def test_it_says_its_address_in_one_line_and_stops_cleanly_on_ctrl_c(explore_mod
     finally:
         server.kill()
     assert server.returncode == 0 and stdout == "" and stderr == "stopped\n"
+
+
+def test_off_loopback_it_warns_in_one_line_and_prints_the_address_with_its_token(explore_models):
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from scratchgpt.cli import main; main()", "explore",
+         "--model", str(explore_models["finetuned"]), "--host", "0.0.0.0", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = server.stdout.readline()
+        address = re.fullmatch(r"scratchgpt explore: http://0\.0\.0\.0:(\d+)/\?token=([\w-]+) \(Ctrl-C stops it\)\n", line)
+        assert address, line
+        assert server.stderr.readline() == (
+            "warning: listening on 0.0.0.0: the page is reachable from other machines and runs the model for "
+            "anyone who has the address below, token included; --host 127.0.0.1 keeps it to this machine\n")
+        port, token = address.groups()
+        assert get(f"http://127.0.0.1:{port}/info")[0] == 403
+        assert get(f"http://127.0.0.1:{port}/info?token={token}")[0] == 200
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+    finally:
+        server.kill()
+    assert server.returncode == 0 and stderr == "stopped\n"

@@ -43,9 +43,9 @@ def imported_modules(path: Path) -> set[str]:
 def test_stage_deps_list_exactly_the_code_it_runs(name):
     stage = PIPELINE[name]
     assert stage["cmd"].startswith(f"python -m stages.{name} ")
-    script = ROOT / "stages" / f"{name}.py"
-    expected = {f"stages/{name}.py"} | {
-        f"src/{module.replace('.', '/')}.py" for module in imported_modules(script)
+    script, package = ROOT / "stages" / f"{name}.py", ROOT / "stages" / "__init__.py"  # Python runs both
+    expected = {f"stages/{name}.py", "stages/__init__.py"} | {
+        f"src/{module.replace('.', '/')}.py" for module in imported_modules(script) | imported_modules(package)
     }
     code_deps = {d for d in stage["deps"] if d.startswith(("src/", "stages/"))}
     assert code_deps == expected

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,10 @@ CURVES = Path("metrics/train/plots/metrics")
 
 
 def state_files(repo: Path) -> list[Path]:
-    return list((repo / ".ckpt").glob("pretrain-*/state.json"))
+    try:
+        return list((repo / ".ckpt").glob("pretrain-*/state.json"))
+    except FileNotFoundError:  # a stage start removed the empty `.ckpt` while it was being listed
+        return []
 
 
 def saved_step(repo: Path) -> int:
@@ -207,6 +211,28 @@ def test_a_killed_run_that_dvc_restores_from_its_run_cache_leaves_no_state(proje
     assert "Stage 'pretrain' is cached - skipping run" in output, output
     assert f"removed .ckpt/{state.parent.name}: " in output
     assert list((project / ".ckpt").glob("*")) == []
+
+
+@pytest.mark.e2e
+def test_a_killed_run_that_dvc_exp_run_restores_is_removed_by_the_next_scratchgpt_command(project):
+    """The same kill, then `dvc exp run` of the same params: DVC restores the stage from its
+    run-cache and runs no stage of ours, so DVC gives no moment to remove the state. The next
+    `scratchgpt` command removes it, saying so on stderr."""
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**SLOW), sort_keys=False))
+    run([*DVC, "repro", "pretrain"], project)
+    interrupt(project, signal.SIGKILL, "--force", "--single-item")
+    [state] = state_files(project)
+
+    output = run([*DVC, "exp", "run", "pretrain"], project).stdout
+    assert "Stage 'pretrain' is cached - skipping run" in output, output
+    assert state.exists()  # DVC ran nothing of ours
+    generated = run([sys.executable, "-c", "from scratchgpt.cli import main; main()", "generate",
+                     "--model", "models/pretrained", "--max-new-tokens", "2", "--seed", "1", "hello"], project)
+    assert generated.stdout.startswith("hello")
+    [line] = generated.stderr.splitlines()
+    assert line.startswith(f"removed .ckpt/{state.parent.name}: a training state (") and " MB) " in line
+    assert line.endswith("DVC holds pretrain done for its present inputs (as after a restore from its run-cache)")
+    assert not (project / ".ckpt").exists()
 
 
 def _tiny_training_state(folder: Path):

@@ -23,6 +23,7 @@ from scratchgpt.explore.server import serve
 from scratchgpt.generate import Sampling, stream, text_to_token_ids
 from scratchgpt.params import MAX_NEW_TOKENS, SampleParams, parse_flag
 from scratchgpt.quantize import quantize
+from scratchgpt.stage import remove_stale_states
 
 # Flags that mirror a `sample` key of params.yaml: read and checked by the same rules.
 SAMPLE_FLAGS = {
@@ -145,6 +146,12 @@ COMMANDS = {"generate": generate_command, "explore": explore_command}
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_error():
+        if sys.stdout is None:  # started with stdout closed (`>&-`): Python then has no sys.stdout
+            raise ScratchGPTError("standard output is closed; scratchgpt writes there: "
+                                  "redirect it to a file or to /dev/null instead")
+        # DVC may have restored a killed training run's stage from its run-cache, running none of
+        # the stages that would remove its state: the next command does, on stderr (stdout is the text).
+        remove_stale_states(lambda line: print(line, file=sys.stderr, flush=True), superseded=False)
         try:
             COMMANDS[args.command](args)
         except BrokenPipeError:

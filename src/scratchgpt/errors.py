@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from types import FrameType
+from typing import NoReturn
 
 
 class ScratchGPTError(Exception):
@@ -38,6 +39,18 @@ class Interrupted(KeyboardInterrupt):
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
+
+
+def _exit_stopped(signum: int, _frame: FrameType | None) -> NoReturn:
+    print(Interrupted(signum), file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+
+
+def stop_in_one_line() -> None:
+    """From now until `exit_on_error` takes over, SIGTERM ends the process with the line and exit
+    status that `exit_on_error` gives, where Python's default ends it silently. For a process that
+    has written nothing yet: a stage importing torch, which takes seconds."""
+    signal.signal(signal.SIGTERM, _exit_stopped)
 
 
 def warn(message: str) -> None:

@@ -4,7 +4,9 @@ tidying what killed runs left behind.
 DVC restores a stage from its run-cache without running any of our code, so no stage can
 count on running again to clean up after itself. Instead, every stage starts by removing what
 any killed run left: temporaries beside any output of the pipeline (see `outputs`) and training
-states in `.ckpt/` that no run will resume (see `_stale_state`).
+states in `.ckpt/` that no run will resume (see `_why_stale`). DVC gives no moment of its own
+after a restore, and a restore may leave every stage done: so every `scratchgpt` command, too,
+removes the states of stages that DVC holds done (`remove_stale_states`).
 """
 
 from __future__ import annotations
@@ -79,60 +81,97 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _up_to_date(stage: str, declared: dict[str, Any]) -> bool:
-    """Whether DVC holds `stage` done for the present params and code: its outputs are all in
-    place, and dvc.lock records it with the present values of its params and the present bytes
-    of its files (DVC's md5 of a file is that of its bytes; a folder's is DVC's own, and is not
-    re-computed here: a folder's contents are in the state's key already)."""
-    locked = (read_yaml(LOCK_FILE) or {}).get("stages", {}).get(stage)
+def _up_to_date(stage: str, pipeline: dict[str, Any]) -> bool:
+    """Whether DVC holds `stage` done for the present params, code and data: its outputs are all
+    in place, and dvc.lock records it with the present values of its params, the present bytes of
+    its files (DVC's md5 of a file is that of its bytes) and, for a folder that another stage
+    writes, the hash dvc.lock records for that stage's output (a folder's md5 is DVC's own and is
+    not re-computed here)."""
+    locked_stages = (read_yaml(LOCK_FILE) or {}).get("stages", {})
+    locked = locked_stages.get(stage)
     if not locked:
         return False
+    declared = pipeline[stage]
     outputs = [path for kind in ("outs", "metrics", "plots") for path in _declared_paths(declared.get(kind))]
     params = read_yaml(PARAMS_FILE)
     present = {section: params.get(section) for section in declared.get("params", [])}
-    files = [dep for dep in locked.get("deps", []) if Path(dep["path"]).is_file()]
+    written = {out["path"]: out.get("md5") for other in locked_stages.values() for out in other.get("outs", [])}
+    deps = locked.get("deps", [])
     return (all(path.exists() for path in outputs)
             and locked.get("params", {}).get(PARAMS_FILE, {}) == present
-            and all(_md5(Path(dep["path"])) == dep.get("md5") for dep in files))
+            and all(_md5(Path(dep["path"])) == dep.get("md5") for dep in deps if Path(dep["path"]).is_file())
+            and all(written[dep["path"]] == dep.get("md5") for dep in deps if dep["path"] in written))
 
 
-def _stale_state(folder: Path, pipeline: dict[str, Any]) -> bool:
-    """Whether the state in `folder` (`<stage>-<key>`) is one that no run will resume: its stage
-    is gone from dvc.yaml, the stage's present inputs have another key, or the stage is up to
-    date. The last is a kill followed by DVC restoring the stage from its run-cache (an earlier
-    run with the same inputs had finished): DVC will not run the stage for these inputs again,
-    so its state would stay for good. While an output is missing (DVC deletes a stage's outputs
-    before running it, and a killed run leaves them deleted), the state is kept."""
+def _size(folder: Path) -> str:
+    megabytes = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 1e6
+    return f"{megabytes:,.1f} MB"
+
+
+def _why_stale(folder: Path, pipeline: dict[str, Any], *, superseded: bool) -> str | None:
+    """Why no run will resume the state in `folder` (`<stage>-<key>`), or None to keep it.
+
+    It is finished when its stage is gone from dvc.yaml, or when DVC holds the stage up to date,
+    which is what a kill followed by a restore from DVC's run-cache leaves (an earlier run with the
+    same inputs had finished): DVC will not run the stage for these inputs again, so the state would
+    stay for good. No run of the stage can be writing a finished state: DVC deletes a stage's
+    outputs before running it (and a killed run leaves them deleted, which keeps its state).
+
+    With `superseded`, it is also stale when the stage's present code, data or params have another
+    key. A run started before they changed may still be writing such a state, so only a stage
+    start, under DVC's lock on the workspace, asks this.
+    """
     stage, _, key = folder.name.rpartition("-")
     if stage not in pipeline:
-        return True
+        return f"{stage} is no longer a stage in {PIPELINE_FILE}"
     try:
-        return inputs_key(stage, pipeline) != key or _up_to_date(stage, pipeline[stage])
+        if _up_to_date(stage, pipeline):
+            return f"DVC holds {stage} done for its present inputs (as after a restore from its run-cache)"
+        if superseded and inputs_key(stage, pipeline) != key:
+            return f"{stage}'s code, data or params have changed since"
     except (OSError, ScratchGPTError, TypeError, ValueError, KeyError, AttributeError):
-        return False  # unreadable: keep it, to be safe
+        pass  # unreadable: keep it, to be safe
+    return None
+
+
+def remove_stale_states(say: Callable[[str], None], *, superseded: bool) -> None:
+    """Remove the training states in `.ckpt/` that no run will resume (see `_why_stale`), telling
+    `say` in one line each what went, how big it was and why. Nothing, when not run from a
+    pipeline's root."""
+    pipeline = _pipeline()
+    if not pipeline or not STATE_ROOT.is_dir():
+        return
+    for folder in sorted(STATE_ROOT.iterdir()):
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue  # not a state (a temporary of one is `remove_leftovers`' to remove)
+        why = _why_stale(folder, pipeline, superseded=superseded)
+        if why:
+            size = _size(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            say(f"removed {folder}: a training state ({size}) that no run would resume: {why}")
+    with contextlib.suppress(OSError):
+        STATE_ROOT.rmdir()  # when empty
+
+
+def _pipeline() -> dict[str, Any]:
+    """dvc.yaml's stages; none when not run from a pipeline's root."""
+    try:
+        return read_yaml(PIPELINE_FILE)["stages"]
+    except (ScratchGPTError, KeyError, TypeError):
+        return {}
 
 
 def tidy(outputs: Iterable[Path] = ()) -> None:
     """Remove what killed runs left behind, saying so in one line each: temporaries beside any
-    of `outputs` or of the outputs dvc.yaml declares, and stale states in `.ckpt/`."""
-    try:
-        pipeline = read_yaml(PIPELINE_FILE)["stages"]
-    except (ScratchGPTError, KeyError, TypeError):  # not run from a pipeline's root
-        pipeline = {}
+    of `outputs` or of the outputs dvc.yaml declares, and every stale state in `.ckpt/`."""
     folders = {path.parent for path in outputs} | {STATE_ROOT}
-    for declared in pipeline.values():
+    for declared in _pipeline().values():
         for kind in ("outs", "metrics", "plots"):
             folders |= {path.parent for path in _declared_paths(declared.get(kind))}
     for folder in sorted(folders):
         for path in remove_leftovers(folder):
             print(f"removed {path}: left by a killed run", flush=True)
-    for folder in sorted(STATE_ROOT.iterdir()) if pipeline and STATE_ROOT.is_dir() else []:
-        if folder.is_dir() and not folder.name.startswith(".") and _stale_state(folder, pipeline):
-            shutil.rmtree(folder, ignore_errors=True)
-            print(f"removed {folder}: a training state that no run would resume (its inputs "
-                  f"changed, or DVC has the stage's outputs for them)", flush=True)
-    with contextlib.suppress(OSError):
-        STATE_ROOT.rmdir()  # when empty
+    remove_stale_states(lambda line: print(line, flush=True), superseded=True)
 
 
 def run(main: Callable[..., None]) -> None:

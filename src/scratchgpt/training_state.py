@@ -9,8 +9,9 @@ input never resumes stale state. What is removed, and when:
 - a damaged state, when it is found (`load_state`);
 - a state that no run would resume (another key, a stage no longer in dvc.yaml, or a stage
   that DVC holds done for the present inputs, as after restoring it from its run-cache), at
-  the start of any stage (`stage.tidy`). So each training stage keeps at most one state, the
-  one that its next run resumes, even when DVC restores the stage instead of running it.
+  the start of any stage (`stage.tidy`); the last two also at any `scratchgpt` command, since
+  after a restore no stage may run again (`stage.remove_stale_states`). So each training stage
+  keeps at most one state, the one that its next run resumes, and none once DVC holds it done.
 
 Tensors are stored as safetensors and the rest as JSON: no pickle.
 """

@@ -4,8 +4,16 @@
     GET  /info      the models' names and shapes, and the page's default settings (JSON)
     POST /generate  {"prompt": ..., "temperature": "0.8", ...} -> a stream of JSON lines:
                     start (the seed and the prompt's tokens), token (one per new token),
-                    compare (the whole text under --compare's model, if any), end; or a 400
-                    with {"error": "one line"} for a bad prompt or setting
+                    compare (the whole text under --compare's model, if any), end
+
+Every refusal is a 4xx with one JSON line, {"error": "..."}: a bad prompt or setting, a
+malformed request (a bad or missing Content-Length, a body shorter than it says, a wrong
+method, a bad request line), or a missing token.
+
+On a loopback address (the default, 127.0.0.1) the page is this machine's alone. Listening on
+any other address is a choice made visible: a warning line, and a secret token in the printed
+address (`?token=...`, as Jupyter does) that every request must carry; the page passes its own
+on to its requests.
 
 Why not Gradio, the field's usual library for model demos (weighed on Gradio 6.31.0)?
 - Size: a 31 MB wheel (80 MB unpacked) and 52 packages in its closure (FastAPI, Uvicorn,
@@ -27,6 +35,7 @@ attention modules keep the weights of their latest pass), which suits a page on 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import secrets
 import signal
@@ -38,11 +47,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import tiktoken
 import torch
 
-from scratchgpt.errors import ScratchGPTError, reason
+from scratchgpt.errors import ScratchGPTError, reason, warn
 from scratchgpt.explore.trace import ATTENTION_SCALE, score, trace_continuation
 from scratchgpt.generate import Sampling, text_to_token_ids
 from scratchgpt.model import GPT
@@ -57,6 +67,11 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; form-action 'none'"
 )
 MAX_REQUEST_BYTES = 1 << 20  # far above any prompt that fits a context
+# The longest pause allowed while a request's body arrives (the page sends it at once): a client
+# that announces more bytes than it sends is answered promptly instead of holding a thread.
+BODY_TIMEOUT_S = 1.0
+# Each path and the one method it answers.
+ROUTES = {"/": "GET", "/info": "GET", "/generate": "POST"}
 # The page's sampling controls, checked like the `sample` keys of the same names (and like
 # `scratchgpt generate`'s flags); their defaults are generate's, but for max_new_tokens, which
 # must fit in the context beside the prompt (see `Explorer.info`).
@@ -125,11 +140,12 @@ class Explorer:
         prompt = form.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise ScratchGPTError("the prompt is empty: type some text for the model to continue")
-        settings = {
-            name: parse_flag(SampleParams, name, str(form.get(name, "")).strip(), flag_name(name))
-            for name in SETTINGS
-            if name != "seed" or str(form.get(name, "")).strip()  # no seed: a fresh draw, as in generate
-        }
+        texts = {name: "" if form.get(name) is None else str(form[name]).strip() for name in SETTINGS}
+        # No seed is a fresh draw, as in generate; every other setting needs a value.
+        missing = [flag_name(name) for name, text in texts.items() if not text and name != "seed"]
+        if missing:
+            raise ScratchGPTError(f"{', '.join(missing)}: missing; every setting but the seed needs a value")
+        settings = {name: parse_flag(SampleParams, name, text, flag_name(name)) for name, text in texts.items() if text}
         prompt_ids = text_to_token_ids(prompt, self.main.encoding)[0].tolist()
         context, length, wanted = self.main.model.config.context_length, len(prompt_ids), settings["max_new_tokens"]
         if length >= context:
@@ -168,26 +184,59 @@ class Explorer:
             yield {"type": "end"}
 
 
+class Refusal(Exception):
+    """A request answered with `status` and {"error": message}, before any work."""
+
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: ExploreServer
 
     def do_GET(self) -> None:
-        if self.path == "/":
-            self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE)
-        elif self.path == "/info":
-            self._send_json(HTTPStatus.OK, self.server.explorer.info())
-        else:
-            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: no such page"})
+        self._route("GET")
 
     def do_POST(self) -> None:
-        if self.path != "/generate":
-            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"{self.path}: no such endpoint"})
-            return
+        self._route("POST")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (a malformed request line or header, a method with
+        no `do_` method here) as one JSON line, like every other answer."""
+        if code == HTTPStatus.NOT_IMPLEMENTED and self.command:
+            self._route(self.command)  # a method no path takes: refused as a wrong method (405)
+        else:
+            # With a status line even when the request line was too malformed to name its HTTP
+            # version (the standard library would answer as to HTTP/0.9: the body alone).
+            self.request_version = self.protocol_version
+            self._send_json(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase})
+
+    def _route(self, method: str) -> None:
+        url = urlsplit(self.path)
+        try:
+            if not self.server.admits(parse_qs(url.query).get("token", [""])[0]):
+                raise Refusal(HTTPStatus.FORBIDDEN, "this page needs the token in the address that "
+                                                    "`scratchgpt explore` printed: open that address")
+            if url.path not in ROUTES:
+                raise Refusal(HTTPStatus.NOT_FOUND, f"{url.path}: no such page")
+            if ROUTES[url.path] != method:
+                raise Refusal(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} {url.path}: not allowed; it takes {ROUTES[url.path]}")
+            if url.path == "/":
+                self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE)
+            elif url.path == "/info":
+                self._send_json(HTTPStatus.OK, self.server.explorer.info())
+            else:
+                self._generate()
+        except Refusal as e:
+            allow = {"Allow": ROUTES[url.path]} if e.status == HTTPStatus.METHOD_NOT_ALLOWED else {}
+            self._send_json(e.status, {"error": str(e)}, allow)
+
+    def _generate(self) -> None:
         try:
             request = self.server.explorer.parse(self._read_json())
         except ScratchGPTError as e:
-            self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(e)})
-            return
+            raise Refusal(HTTPStatus.BAD_REQUEST, str(e)) from e
         self._start(HTTPStatus.OK, "application/x-ndjson")
         events = self.server.explorer.events(request)
         try:
@@ -200,34 +249,57 @@ class _Handler(BaseHTTPRequestHandler):
             events.close()  # releases the models for the next request
 
     def _read_json(self) -> object:
-        length = int(self.headers.get("Content-Length") or 0)
+        """The request's body, read as JSON: a Refusal when its Content-Length is missing, not a
+        number of bytes or too large, or when fewer bytes come; a ScratchGPTError when not JSON."""
+        text = (self.headers.get("Content-Length") or "").strip()
+        if not text:
+            raise Refusal(HTTPStatus.LENGTH_REQUIRED, "the request has no Content-Length")
+        if not (text.isascii() and text.isdigit()):
+            raise Refusal(HTTPStatus.BAD_REQUEST, f"Content-Length: {text[:40]!r} is not a number of bytes")
+        length = int(text)
         if length > MAX_REQUEST_BYTES:
-            raise ScratchGPTError(f"the request is {length:,} bytes; at most {MAX_REQUEST_BYTES:,} are read")
+            raise Refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                          f"the request is {length:,} bytes; at most {MAX_REQUEST_BYTES:,} are read")
+        self.connection.settimeout(BODY_TIMEOUT_S)
         try:
-            return json.loads(self.rfile.read(length))
+            body = self.rfile.read(length)
+        except TimeoutError:
+            body = b""
+        finally:
+            self.connection.settimeout(None)  # the answer streams for as long as the model takes
+        if len(body) < length:
+            raise Refusal(HTTPStatus.BAD_REQUEST, f"the request's body is shorter than its Content-Length, {length:,} bytes")
+        try:
+            return json.loads(body)
         except ValueError as e:
             raise ScratchGPTError(f"the request is not JSON ({reason(e)})") from e
 
-    def _start(self, status: HTTPStatus, content_type: str) -> None:
+    def _start(self, status: HTTPStatus, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()  # HTTP/1.0: the body ends when the connection closes, so it can stream
 
-    def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
-        self._start(status, content_type)
+    def _send(self, status: HTTPStatus, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self._start(status, content_type, headers)
         self.wfile.write(body)
 
-    def _send_json(self, status: HTTPStatus, value: object) -> None:
-        self._send(status, "application/json", json.dumps(value).encode())
+    def _send_json(self, status: HTTPStatus, value: object, headers: dict[str, str] | None = None) -> None:
+        self._send(status, "application/json", json.dumps(value).encode(), headers)
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # the terminal shows the address and errors, not a line per request
 
 
 class ExploreServer(ThreadingHTTPServer):
-    """The page's HTTP server for one Explorer; a failure in a request is one line on stderr."""
+    """The page's HTTP server for one Explorer; a failure in a request is one line on stderr.
+
+    On a loopback address it admits every request. On any other it makes up a secret token
+    (`token`, part of `url`) and admits only requests that carry it: the page then runs the model
+    for anyone who can reach this machine and has the address, and for no one else."""
 
     def __init__(self, explorer: Explorer, host: str, port: int):
         self.explorer = explorer
@@ -235,11 +307,17 @@ class ExploreServer(ThreadingHTTPServer):
             super().__init__((host, port), _Handler)
         except (OSError, OverflowError) as e:  # in use, not an address of this machine, out of range
             raise ScratchGPTError(f"cannot listen on {host}:{port} ({reason(e)}); choose another --host or --port") from e
+        self.token = None if ipaddress.ip_address(self.server_address[0]).is_loopback else secrets.token_urlsafe(24)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{host}:{port}/" + (f"?token={self.token}" if self.token else "")
+
+    def admits(self, token: str) -> bool:
+        """Whether a request carrying `token` (empty: none) may be served."""
+        # Compared in constant time, so that response times do not reveal how much of it was right.
+        return self.token is None or secrets.compare_digest(token.encode(), self.token.encode())
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         error = sys.exc_info()[1]
@@ -256,6 +334,9 @@ def serve(
     """Load the models, say the page's address in one line, serve until Ctrl-C (or SIGTERM)."""
     explorer = Explorer(load(model, device, quantization), load(compare, device, quantization) if compare else None)
     with ExploreServer(explorer, host, port) as server:
+        if server.token:
+            warn(f"listening on {host}: the page is reachable from other machines and runs the model for anyone "
+                 "who has the address below, token included; --host 127.0.0.1 keeps it to this machine")
         print(f"scratchgpt explore: {server.url} (Ctrl-C stops it)", flush=True)
         # Set here rather than inherited: a shell starts background jobs with SIGINT ignored, and
         # Python then never raises KeyboardInterrupt. (SIGTERM already raises one: exit_on_error.)
@@ -269,10 +350,10 @@ def serve(
 
 
 @contextlib.contextmanager
-def serving(explorer: Explorer) -> Iterator[str]:
-    """The page for `explorer` on a free port of 127.0.0.1, served from a background thread, for
-    tests and scripts; yields its address."""
-    with ExploreServer(explorer, "127.0.0.1", 0) as server:
+def serving(explorer: Explorer, host: str = "127.0.0.1") -> Iterator[str]:
+    """The page for `explorer` on a free port of `host`, served from a background thread, for
+    tests and scripts; yields its address (with its token, off loopback)."""
+    with ExploreServer(explorer, host, 0) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
