@@ -3,6 +3,7 @@
     python bench/recipe_step_time.py --json metrics/sweep/step_times.json   # seconds a step, per recipe
     python scripts/frontier.py collect [--rev COMMIT ...]   # dvc exp show --json -> metrics/sweep/runs.json
     python scripts/frontier.py draw           # metrics/sweep/runs.json -> docs/plots/frontier.png
+    python scripts/frontier.py table          # the same rows as docs/recipe.md's markdown table
 
 `collect` reads every experiment of the sweep (names starting with `short-`, `default-` or
 `hour-`, one per budget) from `dvc exp show --json`: its model shape, vocabulary, batch, peak
@@ -154,6 +155,21 @@ def frontier_spec(sweep: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def table(runs: Path) -> str:
+    """The sweep's rows as markdown, best of each budget in bold."""
+    rows = json.loads(runs.read_text())["runs"]
+    best = {budget: min(r["best_val_bpb"] for r in rows if r["budget"] == budget) for budget in {r["budget"] for r in rows}}
+    lines = ["| experiment | budget | shape (heads) | vocab | batch x context | peak lr | steps | tokens | minutes | best val bits/byte |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        bpb, lr = f"{r['best_val_bpb']:.4f}", f"{r['peak_lr']:.1e}".replace("e-0", "e-")
+        lines.append(f"| `{r['name']}` | {r['budget']} | {r['shape']} ({r['num_heads']}) | {r['vocab_size']:,} | "
+                     f"{r['batch_size']} x {r['context_length']} | {lr} | {r['steps']:,} | "
+                     f"{r['tokens'] / 1e6:.2f}M | {r['minutes']:.1f} | "
+                     + (f"**{bpb}**" if r["best_val_bpb"] == best[r["budget"]] else bpb) + " |")
+    return "\n".join(lines)
+
+
 def draw(runs: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(vl_convert.vegalite_to_png(frontier_spec(json.loads(runs.read_text())), scale=SCALE))
@@ -162,7 +178,7 @@ def draw(runs: Path, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["collect", "draw"])
+    parser.add_argument("action", choices=["collect", "draw", "table"])
     parser.add_argument("--step-times", type=Path, default=SWEEP / "step_times.json", help="bench/recipe_step_time.py --json output")
     parser.add_argument("--runs", type=Path, default=SWEEP / "runs.json", help="the sweep's rows")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "plots" / "frontier.png", help="the picture")
@@ -171,6 +187,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.action == "collect":
         print(f"{len(collect(args.step_times, args.runs, args.rev or ['HEAD']))} runs -> {args.runs}")
+    elif args.action == "table":
+        print(table(args.runs))
     else:
         print(draw(args.runs, args.out))
 

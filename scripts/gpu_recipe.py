@@ -56,7 +56,7 @@ SITE = Path("/tmp/site")
 RECIPE = {
     "data": {"imdb": {"source": ".gpu/imdb"}, "lyrics": {"source": ".gpu/lyrics/coldplay.txt"}},
     "tokenize": {"vocab_size": None},  # GPT-2's tokenizer
-    "model": {"dropout_rate": 0.1},
+    "model": {"num_blocks": 8, "embed_dim": 256, "attention_dim": 256, "num_heads": 8, "dropout_rate": 0.1},
     "train": {
         "batch_size": 32, "learning_rate": 3.0e-4, "max_lr": 3.0e-4, "min_lr": 3.0e-5, "beta2": 0.999,
         "warmup_steps": 1500, "eval_freq": 200, "eval_batches": 8, "num_epochs": 300, "patience": 50,

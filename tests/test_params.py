@@ -21,7 +21,7 @@ def write(tmp_path, overrides: dict) -> str:
 
 def test_project_params_are_valid():
     loaded = load_sections(ALL, ROOT / "params.yaml")
-    assert loaded.train.peak_lr == 1.0e-3 and loaded.model.num_heads == 8
+    assert loaded.train.peak_lr == 2.0e-3 and loaded.model.num_heads == 6
     assert loaded.sample.prompts[0] == "I want something"
 
 
@@ -46,7 +46,7 @@ def test_yaml_1_2_floats_are_numbers(tmp_path):
         ({"train": {"device": "tpu"}}, r"train.device = 'tpu': must be one of auto, cpu, cuda, mps"),
         ({"train": {"compile": "yes"}}, r"train.compile = 'yes': must be true or false"),
         ({"finetune": {"weight_decay": -0.1}}, r"finetune.weight_decay = -0.1: must be >= 0"),
-        ({"model": {"num_heads": 3}}, r"model.num_heads = 3: must divide model.attention_dim = 256"),
+        ({"model": {"num_heads": 5}}, r"model.num_heads = 5: must divide model.attention_dim = 192"),
         ({"model": {"dropout_rate": 1.0}}, r"model.dropout_rate = 1.0: must be in \[0, 1\)"),
         ({"model": {"context_length": 0}}, r"model.context_length = 0: must be > 0"),
         ({"clean": {"val_fraction": 0.0}}, r"clean.val_fraction = 0.0: must be in \(0, 1\)"),

@@ -92,7 +92,7 @@ def test_the_experiment_workflow(project):
     before = load_file(project / "models/pretrained/model.safetensors")
     after = load_file(project / "models/finetuned/model.safetensors")
     drift = max((after[k] - before[k]).abs().max().item() for k in before)
-    assert 0 < drift < 1e-3
+    assert 0 < drift < 1e-2  # AdamW moves a weight by about the learning rate a step: 4 steps, peak 1e-3
 
     # A learning-rate experiment re-runs training and what follows, never the data stages.
     output = run_dvc(project, "exp", "run", "-S", "train.max_lr=1e-4")

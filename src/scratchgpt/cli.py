@@ -39,7 +39,7 @@ SAMPLE_FLAGS = {
 }
 QUANTIZE_HELP = (
     "none, or int8: every linear layer's weights, the LM head's included, in 8 bits, for faster text on a CPU "
-    "(only there): 2.1x to 2.4x the tokens/s of fp32 for the default model on a 2-core AMD EPYC Zen 5. The "
+    "(only there): 2.3x to 2.9x the tokens/s of fp32 for the default model on a 2-core AMD EPYC Zen 5. The "
     "text differs slightly; the model folder stays full precision (docs/performance.md) (default: %(default)s)"
 )
 

@@ -87,6 +87,8 @@ def _up_to_date(stage: str, pipeline: dict[str, Any]) -> bool:
     its files (DVC's md5 of a file is that of its bytes) and, for a folder that another stage
     writes, the hash dvc.lock records for that stage's output (a folder's md5 is DVC's own and is
     not re-computed here)."""
+    if not Path(LOCK_FILE).is_file():
+        return False  # nothing has been run yet
     locked_stages = (read_yaml(LOCK_FILE) or {}).get("stages", {})
     locked = locked_stages.get(stage)
     if not locked:
