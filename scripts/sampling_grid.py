@@ -12,6 +12,7 @@ seeds, top-k, top-p, length and quantization); change a default in params.yaml a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 from pathlib import Path
@@ -55,8 +56,8 @@ def main() -> None:
         print(f"| temperature, repetition_penalty, min_p | {prompts} |")
         print("| --- |" + " --- |" * len(settings.prompts))
         for temperature, penalty, min_p in itertools.product(*grid.values()):
-            sampling = Sampling(temperature=temperature, top_k=settings.top_k, top_p=settings.top_p,
-                                repetition_penalty=penalty, min_p=min_p)
+            sampling = Sampling.of(dataclasses.asdict(settings) | {
+                "temperature": temperature, "repetition_penalty": penalty, "min_p": min_p})
             setting = f"{temperature}, {penalty}, {min_p}"
             texts = continuations(model, encoding, settings, sampling, device, setting)
             print(f"| {setting} | " + " | ".join(cell(text) for text in texts) + " |", flush=True)

@@ -1,5 +1,6 @@
 """sample: text from both models for every prompt, side by side in a markdown table."""
 
+import dataclasses
 import html
 from pathlib import Path
 
@@ -44,8 +45,7 @@ def continuations(model: GPT, encoding: tiktoken.Encoding, settings: SampleParam
 def main(pretrained: Path, finetuned: Path, out: Path) -> None:
     settings = params.load("sample").sample
     device = prepare(settings.device, "fp32", None, "sample").device
-    sampling = Sampling(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                        repetition_penalty=settings.repetition_penalty, min_p=settings.min_p)
+    sampling = Sampling.of(dataclasses.asdict(settings))
     columns = {}
     for name, folder in (("pretrained", pretrained), ("finetuned", finetuned)):
         model, encoding = load_model(folder, device)

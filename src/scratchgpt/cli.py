@@ -124,8 +124,7 @@ def generate_command(args: argparse.Namespace) -> None:
     # A token can end inside a multi-byte character: decode bytes incrementally.
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     sys.stdout.write(args.prompt)
-    sampling = Sampling(temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                        repetition_penalty=settings["repetition_penalty"], min_p=settings["min_p"])
+    sampling = Sampling.of(settings)
     tokens = stream(model, context, max_new_tokens=settings["max_new_tokens"],
                     context_length=model.config.context_length, sampling=sampling, generator=generator)
     for token in tokens:

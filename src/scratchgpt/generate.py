@@ -11,9 +11,11 @@ and is run again whole, exactly as the article's generate does, so outputs match
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import tiktoken
 import torch
@@ -44,6 +46,12 @@ class Sampling:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     min_p: float = 0.0
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any]) -> Sampling:
+        """The sampling rules among `settings` (the `sample` params, or the flags of the same
+        names), whatever else they hold."""
+        return cls(**{field.name: settings[field.name] for field in dataclasses.fields(cls)})
 
 
 def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

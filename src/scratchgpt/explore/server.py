@@ -158,8 +158,7 @@ class Explorer:
                 f"the prompt ({length:,} tokens) and --max-new-tokens {wanted:,} need {length + wanted:,} positions "
                 f"but {self.main.name}'s context holds {context:,}: ask for at most {context - length:,} new tokens"
             )
-        sampling = Sampling(temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                            repetition_penalty=settings["repetition_penalty"], min_p=settings["min_p"])
+        sampling = Sampling.of(settings)
         return Request(prompt_ids, wanted, sampling, settings.get("seed"))
 
     def events(self, request: Request) -> Iterator[dict]:
