@@ -1,6 +1,6 @@
-"""Peak memory (RSS) of pretraining against corpus size: the same short run of the article-size
-model on a 1x and a 10x token corpus, each in a fresh process, interleaved. Shards are
-memory-mapped, so the corpus should not count.
+"""Peak memory (RSS) of pretraining against corpus size: the same short run of the default model
+(params.yaml's shape and batch) on a 1x and a 10x token corpus, each in a fresh process,
+interleaved. Shards are memory-mapped, so the corpus should not count.
 Run: python bench/pretrain_memory.py [--tokens 21000000] [--steps 3]"""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
                 output = subprocess.run([sys.executable, __file__, "--child", str(folder), "--steps", str(args.steps)],
                                         capture_output=True, text=True, check=True).stdout
                 peaks[scale].append(float(output.split()[-1]))
-    print(f"pretrain, the article's model, batch from params.yaml, {args.steps} steps; corpus 1x = {args.tokens:,} tokens")
+    print(f"pretrain, params.yaml's model and batch, {args.steps} steps; corpus 1x = {args.tokens:,} tokens")
     print()
     print("| corpus | tokens | peak RSS (MiB) | vs 1x |")
     print("| --- | --- | --- | --- |")
