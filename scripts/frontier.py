@@ -123,9 +123,10 @@ def frontier_spec(sweep: dict[str, Any]) -> dict[str, Any]:
     article's shape dashed."""
     points = best_per_budget(sweep["runs"])
     default = default_recipe()
+    labels = {"default": "the default", "hour": "the hour recipe"}  # the default recipe's points, by budget
     for point in points:
         point["article"] = point["shape"] == ARTICLE_SHAPE
-        point["label"] = "the default" if (point["recipe"], point["budget"]) == (default, "default") else ""
+        point["label"] = labels.get(point["budget"], "") if point["recipe"] == default else ""
     colour = {"field": "recipe", "type": "nominal", "title": None}
     y = {"field": "best_val_bpb", "type": "quantitative", "title": "IMDb validation bits per byte (lower is better)",
          "scale": {"zero": False}}
