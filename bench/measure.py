@@ -22,7 +22,7 @@ except ImportError:
 
 from scratchgpt.model import GPTConfig  # noqa: E402
 
-# The article's model (params.yaml `model`) over tiktoken gpt2's 50,257 ids.
+# The article's model shape (8 blocks x 256; params.yaml's default is smaller) and GPT-2's 50,257 ids.
 SEED_SHAPE = dict(num_heads=8, embed_dim=256, attention_dim=256, num_blocks=8, context_length=256)
 GPT2_VOCAB = 50257
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))  # the stage scripts, which are not part of the in
 
 from scratchgpt.devices import prepare  # noqa: E402
 from scratchgpt.errors import exit_on_error  # noqa: E402
+from scratchgpt.explore.server import flag_name  # noqa: E402
 from scratchgpt.generate import Sampling  # noqa: E402
 from scratchgpt.params import SampleParams, load_sections, parse_flag  # noqa: E402
 from scratchgpt.quantize import quantize  # noqa: E402
@@ -33,19 +34,15 @@ GRID = {"temperature": ["0.7", "0.8", "1.0"], "repetition_penalty": ["1.0", "1.2
         "min_p": ["0.0", "0.05", "0.1"]}
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/finetuned", help="model folder (default: %(default)s)")
     for name, values in GRID.items():
-        parser.add_argument(flag(name), nargs="+", default=values, help=f"values to try (default: {' '.join(values)})")
+        parser.add_argument(flag_name(name), nargs="+", default=values, help=f"values to try (default: {' '.join(values)})")
     args = parser.parse_args()
     with exit_on_error():
         settings = load_sections(["sample"]).sample
-        grid = {name: [parse_flag(SampleParams, name, text, flag(name)) for text in getattr(args, name)]
+        grid = {name: [parse_flag(SampleParams, name, text, flag_name(name)) for text in getattr(args, name)]
                 for name in GRID}
         device = prepare(settings.device, "fp32", None, "sample").device
         model, encoding = load_model(args.model, device)

@@ -2,8 +2,8 @@
 
 At batch 1 each new token reads every weight once and does little arithmetic with it, so
 decoding is bound by memory traffic: 8-bit weights move a quarter of fp32's bytes. The LM head
-is the largest share of that traffic (32,768 x 256 weights, 32 MB in fp32, against 25 MB for all
-8 blocks of the default model), so it is quantized too; a head tied to the token embedding
+is the largest share of that traffic (32,768 x 192 weights, 25 MB in fp32, against 7 MB for all
+4 blocks of the default model), so it is quantized too; a head tied to the token embedding
 (`model.tie_embeddings`) is not a Linear and stays in full precision, for the lookups read it too.
 
 Each nn.Linear's weight is replaced by an `Int8Weight`: one int8 per weight and one scale per
@@ -12,8 +12,8 @@ output row (symmetric, per channel: w ~ scale * round(w / scale)), the scheme of
 weights as they are, in bf16 arithmetic. That kernel is what torch.compile turns torchao's int8
 weight-only linear into on a CPU (Inductor's pattern for it); torchao in eager mode instead casts
 the whole int8 matrix back to fp32 at every product, which moves more bytes than fp32 weights
-would: 0.70x to 0.87x the tokens/s of fp32 (its dynamic int8 activation variant about 0.5x),
-against 2.1x to 2.4x here (bench/quantize_throughput.py; docs/performance.md). Calling the kernel
+would: 0.66x to 0.82x the tokens/s of fp32 (its dynamic int8 activation variant about 0.5x),
+against 2.2x to 2.9x here (bench/quantize_throughput.py on a 2-core Zen 5; docs/performance.md). Calling the kernel
 directly gives the compiled speed without compiling, which took 26 s on 2 cores and then
 generated slower than this.
 Products of many rows at once take another path where the CPU has bf16 units (see MANY_ROWS).
