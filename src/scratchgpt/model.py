@@ -22,6 +22,13 @@ from torch import nn
 
 MAX_VOCAB_SIZE = 1 << 20  # far above any tiktoken encoding (o200k: 200,019); catches a damaged config
 
+# The feed-forward's nonlinearity. `gelu` is the exact (erf) GELU the article uses; `gelu_tanh`
+# is the tanh approximation GPT-2 was trained with, needed to reproduce GPT-2's weights.
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -41,6 +48,8 @@ class GPTConfig:
     dropout_rate: float = 0.1
     vocab_multiple: int = 64
     tie_embeddings: bool = False  # the LM head reuses the token embedding matrix (GPT-2, nanoGPT)
+    activation: str = "gelu"  # the feed-forward's nonlinearity: one of ACTIVATIONS
+    qkv_bias: bool = False  # biases on the query, key and value projection (GPT-2 has them)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -49,8 +58,11 @@ class GPTConfig:
                 raise ValueError(f"{f.name} = {value!r}: must be a whole number > 0")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate = {self.dropout_rate!r}: must be in [0, 1)")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"tie_embeddings = {self.tie_embeddings!r}: must be true or false")
+        for name in ("tie_embeddings", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} = {getattr(self, name)!r}: must be true or false")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation = {self.activation!r}: must be one of {', '.join(ACTIVATIONS)}")
         if self.vocab_size > MAX_VOCAB_SIZE:
             raise ValueError(f"vocab_size = {self.vocab_size}: must be at most {MAX_VOCAB_SIZE:,}")
         if self.attention_dim % self.num_heads:
@@ -129,11 +141,11 @@ class SelfAttention(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Several attention heads in parallel, each on its own slice of the attention width."""
 
-    def __init__(self, num_heads: int, embed_dim: int, attention_dim: int, dropout_rate: float):
+    def __init__(self, num_heads: int, embed_dim: int, attention_dim: int, dropout_rate: float, qkv_bias: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = attention_dim // num_heads
-        self.qkv = nn.Linear(embed_dim, 3 * attention_dim, bias=False)  # all heads' Q, K, V at once
+        self.qkv = nn.Linear(embed_dim, 3 * attention_dim, bias=qkv_bias)  # all heads' Q, K, V at once
         self.attention = SelfAttention(dropout_rate)
         self.out = nn.Linear(attention_dim, embed_dim)  # concatenated heads back to the residual width
         self.dropout = nn.Dropout(dropout_rate)
@@ -152,27 +164,31 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Per-position MLP: up-projection to 4x the width, GELU, down-projection."""
+    """Per-position MLP: up-projection to 4x the width, GELU (or `activation`), down-projection."""
 
-    def __init__(self, embed_dim: int, dropout_rate: float):
+    def __init__(self, embed_dim: int, dropout_rate: float, activation: str = "gelu"):
         super().__init__()
         self.up = nn.Linear(embed_dim, 4 * embed_dim)
+        self.activation = ACTIVATIONS[activation]
         self.down = nn.Linear(4 * embed_dim, embed_dim)
         self.dropout = nn.Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))
+        return self.dropout(self.down(self.activation(self.up(x))))
 
 
 class Decoder(nn.Module):
     """One Transformer block: x + attention(norm(x)), then x + feed_forward(norm(x))."""
 
-    def __init__(self, num_heads: int, embed_dim: int, attention_dim: int, dropout_rate: float):
+    def __init__(
+        self, num_heads: int, embed_dim: int, attention_dim: int, dropout_rate: float,
+        activation: str = "gelu", qkv_bias: bool = False,
+    ):
         super().__init__()
         self.attention_norm = nn.LayerNorm(embed_dim)
-        self.attention = MultiHeadAttention(num_heads, embed_dim, attention_dim, dropout_rate)
+        self.attention = MultiHeadAttention(num_heads, embed_dim, attention_dim, dropout_rate, qkv_bias)
         self.feed_forward_norm = nn.LayerNorm(embed_dim)
-        self.feed_forward = FeedForward(embed_dim, dropout_rate)
+        self.feed_forward = FeedForward(embed_dim, dropout_rate, activation)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cache)
@@ -192,7 +208,10 @@ class GPT(nn.Module):
         self.position_embedding = nn.Embedding(config.context_length, config.embed_dim)
         self.dropout = nn.Dropout(config.dropout_rate)
         self.blocks = nn.ModuleList(
-            Decoder(config.num_heads, config.embed_dim, config.attention_dim, config.dropout_rate)
+            Decoder(
+                config.num_heads, config.embed_dim, config.attention_dim, config.dropout_rate,
+                config.activation, config.qkv_bias,
+            )
             for _ in range(config.num_blocks)
         )
         self.final_norm = nn.LayerNorm(config.embed_dim)

@@ -81,6 +81,7 @@ def new_tokens_range() -> Any:
 
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
+Activation = Literal["gelu", "gelu_tanh"]  # model.ACTIVATIONS
 Optimizer = Literal["adamw", "muon"]
 Precision = Literal["auto", "fp32", "bf16"]
 Quantize = Literal["none", "int8"]
@@ -122,6 +123,8 @@ class ModelParams:
     dropout_rate: float = _rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
     vocab_multiple: int = positive()
     tie_embeddings: bool
+    activation: Activation
+    qkv_bias: bool
 
     def check(self, section: str) -> None:
         if self.attention_dim % self.num_heads:
