@@ -1,4 +1,5 @@
-"""download: IMDb and the lyrics corpus, from the Hub or a local copy, as parquet in one schema."""
+"""download: IMDb, from the Hub or a local copy, as parquet in one schema (the fine-tuning
+datasets are each downloaded by their own `prepare` stage)."""
 
 from pathlib import Path
 
@@ -9,7 +10,6 @@ from scratchgpt.outputs import atomic_dir, write_parquet
 def main(out: Path) -> None:
     data = params.load("download").data
     tables = {f"imdb/{split}": table for split, table in sources.load_imdb(data.imdb).items()}
-    tables["lyrics/train"] = sources.load_lyrics(data.lyrics)
     with atomic_dir(out) as tmp:
         for name, table in tables.items():
             write_parquet(table, tmp / f"{name}.parquet")

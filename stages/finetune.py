@@ -1,4 +1,4 @@
-"""finetune: continue from the pretrained weights on the lyrics (params `finetune`)."""
+"""finetune: continue from the pretrained weights on one fine-tuning dataset (params `finetune`)."""
 
 from pathlib import Path
 
@@ -9,18 +9,18 @@ from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train
 
 
-def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> None:
+def main(dataset: str, pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> None:
     settings = params.load("finetune").finetune
     distributed.relaunch(settings.processes)
     model, encoding = load_model(pretrained)
-    train_split = TokenShards(tokens / "lyrics", "train")
+    train_split = TokenShards(tokens, "train")
     train_split.require_encoding(encoding.name, pretrained)
     context = model.config.context_length
-    state = training_state.state_folder("finetune")
+    state = training_state.state_folder(f"finetune@{dataset}")
     result = train(
         model,
         Windows(train_split, context),
-        Windows(TokenShards(tokens / "lyrics", "val"), context),
+        Windows(TokenShards(tokens, "val"), context),
         settings,
         "finetune",
         state,
@@ -28,7 +28,7 @@ def main(pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> 
         token_byte_lengths(encoding),
     )
     if distributed.is_main():
-        print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
+        print(f"{dataset}: best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
         save_model(model, encoding, model_out)
         training_state.clear(state)
 

@@ -1,4 +1,5 @@
-"""sample: text from both models for every prompt, side by side in a markdown table."""
+"""sample: text from the pretrained model and the one fine-tuned on a dataset, for every prompt,
+side by side in a markdown table."""
 
 import dataclasses
 import html
@@ -42,7 +43,7 @@ def continuations(model: GPT, encoding: tiktoken.Encoding, settings: SampleParam
     return texts
 
 
-def main(pretrained: Path, finetuned: Path, out: Path) -> None:
+def main(dataset: str, pretrained: Path, finetuned: Path, out: Path) -> None:
     settings = params.load("sample").sample
     device = prepare(settings.device, "fp32", None, "sample").device
     sampling = Sampling.of(dataclasses.asdict(settings))
@@ -65,7 +66,7 @@ def main(pretrained: Path, finetuned: Path, out: Path) -> None:
         "",
         ", ".join(described),
         "",
-        "| prompt | pretrained (IMDb) | fine-tuned (lyrics) |",
+        f"| prompt | pretrained (IMDb) | fine-tuned ({cell(dataset)}) |",
         "| --- | --- | --- |",
     ]
     for index, prompt in enumerate(settings.prompts):

@@ -1,8 +1,9 @@
 """tokenize: every cleaned split to token ids in a few uint16 shards, plus meta.json per corpus.
 
 The tokenizer is tiktoken's `tokenize.encoding`, or, with `tokenize.vocab_size`, a byte-level
-BPE trained here on the training splits (IMDb and lyrics: the article combines them), saved
-beside the shards.
+BPE trained here on IMDb's training split, saved beside the shards. It is the pretrained model's
+tokenizer, so it is trained on the pretraining text alone: a fine-tuning dataset added later
+(the `prepare` stage encodes it with this tokenizer) re-runs neither it nor pretraining.
 """
 
 from pathlib import Path
@@ -12,7 +13,7 @@ from scratchgpt.errors import warn
 from scratchgpt.outputs import atomic_dir
 from scratchgpt.text import read_documents
 
-TRAINING_SPLITS = ("imdb/train.parquet", "lyrics/train.parquet")  # never validation or test text
+TRAINING_SPLIT = "imdb/train.parquet"  # never validation or test text
 
 
 def main(clean: Path, out: Path) -> None:
@@ -20,7 +21,7 @@ def main(clean: Path, out: Path) -> None:
     if settings.vocab_size is None:
         encoding = encodings.get_encoding(settings.encoding)
     else:
-        texts = [text for path in TRAINING_SPLITS for text in read_documents(clean / path)]
+        texts = read_documents(clean / TRAINING_SPLIT)
         encoding = encodings.train_bpe(texts, settings.vocab_size)
         print(f"trained {encoding.name} on {len(texts):,} training documents")
         if encoding.n_vocab < settings.vocab_size:

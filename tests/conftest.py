@@ -35,7 +35,11 @@ DVC = [sys.executable, "-m", "dvc"]
 TINY_OVERRIDES = {
     "data": {
         "imdb": {"max_docs": 40, **({"source": str(SHARED_DATA / "imdb")} if HAVE_SHARED_DATA else {})},
-        "lyrics": {"max_docs": 30, **({"source": str(SHARED_DATA / "lyrics" / "coldplay.txt")} if HAVE_SHARED_DATA else {})},
+    },
+    "datasets": {
+        artist: {"max_docs": 30, "val_fraction": 0.25,
+                 **({"source": str(SHARED_DATA / "lyrics" / f"{artist}.txt")} if HAVE_SHARED_DATA else {})}
+        for artist in ("coldplay", "nirvana")
     },
     "clean": {"val_fraction": 0.25},
     "tokenize": {"shard_tokens": 4096, "vocab_size": None},  # GPT-2's; test_pipeline trains one too

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tiktoken
 import torch
 
-from scratchgpt.devices import Runtime
-from scratchgpt.tokens import Windows
+from scratchgpt.devices import Runtime, prepare
+from scratchgpt.errors import warn
+from scratchgpt.params import EvaluateParams
+from scratchgpt.saved_model import load_model
+from scratchgpt.tokens import TokenShards, Windows
 
 
 def bits_per_byte(nats: float, size: int) -> float:
@@ -86,3 +90,29 @@ def score(
             size += int(byte_lengths[targets.numpy()].sum())
     model.train(was_training)
     return Score(nats.item(), tokens, size)
+
+
+def evaluate_models(
+    models: dict[str, Path], splits: dict[str, dict[str, TokenShards]], settings: EvaluateParams
+) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Each model folder of `models` scored on its splits (`splits[model][label]`), over up to
+    `settings.max_tokens` tokens of each in evenly spaced windows (every window of a smaller
+    split): `{model: {label: Score.to_dict()}}`, each line also printed."""
+    runtime = prepare(settings.device, settings.precision, settings.num_threads, "evaluate")
+    results: dict[str, dict[str, dict[str, float | int]]] = {}
+    for name, folder in models.items():
+        model, encoding = load_model(folder, runtime.device)
+        byte_lengths = token_byte_lengths(encoding)
+        results[name] = {}
+        for label, shards in splits[name].items():
+            shards.require_encoding(encoding.name, folder)
+            windows = Windows(shards, model.config.context_length)
+            indices = windows.evenly_spaced(max(1, settings.max_tokens // windows.length))
+            result = score(model, windows, indices, settings.batch_size, runtime, byte_lengths)
+            results[name][label] = result.to_dict()
+            if not math.isfinite(result.perplexity):
+                warn(f"{name} on {label}: loss {result.loss:.4g} is too large for a perplexity; "
+                     f"did training diverge? (see {folder})")
+            print(f"{name} on {label}: {result.bits_per_byte:.4f} bits per byte, loss {result.loss:.4f}, "
+                  f"perplexity {result.perplexity:.1f}, over {result.tokens:,} tokens ({result.bytes:,} bytes)")
+    return results

@@ -97,7 +97,17 @@ class SourceParams:
 @dataclass(frozen=True)
 class DataParams:
     imdb: SourceParams
-    lyrics: SourceParams
+
+
+MAX_SPLIT_SEED = 2**48 - 1  # the seed goes into a 16-byte hash salt beside the word "validation"
+
+
+@dataclass(frozen=True)
+class DatasetParams(SourceParams):
+    """One fine-tuning dataset: where its text comes from, and how much of it is held out."""
+
+    val_fraction: float = fraction(closed_high=False)  # share of documents held out, by a hash of the text
+    split_seed: int = _rule(lambda v: 0 <= v <= MAX_SPLIT_SEED, f"must be from 0 to {MAX_SPLIT_SEED} (2**48 - 1)")
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,7 @@ class SampleParams:
 
 SECTIONS: dict[str, type] = {
     "data": DataParams,
+    "datasets": DatasetParams,  # named items, one per fine-tuning dataset (see ITEM_SECTIONS)
     "clean": CleanParams,
     "tokenize": TokenizeParams,
     "model": ModelParams,
@@ -218,6 +229,9 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "sample": SampleParams,
 }
+# Sections that map names to items, each item the params of one `foreach` stage of dvc.yaml
+# (`finetune@coldplay`), which declares only its own item: `datasets.${key}`.
+ITEM_SECTIONS = ("datasets",)
 
 
 class _Yaml12Loader(yaml.SafeLoader):
@@ -327,22 +341,36 @@ def parse_section(cls: type, raw: object, section: str) -> Any:
 
 
 def declared_sections(stage: str, pipeline_file: str | Path = PIPELINE_FILE) -> list[str]:
-    """The params sections that `stage` lists in dvc.yaml."""
+    """The params that `stage` lists in dvc.yaml: whole sections, or `datasets.${key}`, the one
+    item of an item section that a `foreach` stage reads."""
     stages = (read_yaml(pipeline_file) or {}).get("stages", {})
     if stage not in stages:
         raise ScratchGPTError(f"{pipeline_file}: no stage named {stage!r}")
-    sections = stages[stage].get("params", [])
-    for name in sections:
-        if name not in SECTIONS:
+    declared = stages[stage].get("do", stages[stage])  # a foreach stage declares in its `do`
+    entries = declared.get("params", [])
+    for entry in entries:
+        if entry not in SECTIONS and not (entry.split(".")[0] in ITEM_SECTIONS and entry.endswith(".${key}")):
             raise ScratchGPTError(
-                f"{pipeline_file}: stage {stage!r} declares params {name!r}; "
-                f"declare whole sections: {', '.join(SECTIONS)}"
+                f"{pipeline_file}: stage {stage!r} declares params {entry!r}; "
+                f"declare whole sections ({', '.join(SECTIONS)}) or one item (datasets.${{key}})"
             )
-    return sections
+    return entries
 
 
-def load_sections(names: list[str], params_file: str | Path = PARAMS_FILE) -> types.SimpleNamespace:
-    """Parse and validate the named sections of params.yaml."""
+def _item(raw: dict, section: str, item: str | None, params_file: str | Path) -> Any:
+    """The parsed item `item` of the item section `section`."""
+    items = raw[section]
+    if not isinstance(items, dict):
+        raise bad_value(section, items, "must be a mapping of names to items")
+    if item not in items:
+        known = ", ".join(map(str, items)) or "none"
+        raise ParamsError(f"{params_file}: {section}.{item}: missing (known: {known})")
+    return parse_section(SECTIONS[section], items[item], f"{section}.{item}")
+
+
+def load_sections(names: list[str], params_file: str | Path = PARAMS_FILE, item: str | None = None) -> types.SimpleNamespace:
+    """Parse and validate the named params of params.yaml: sections, or the item `item` of an
+    item section (named `datasets.${key}`; the namespace calls it `datasets`)."""
     raw = read_yaml(params_file) or {}
     if not isinstance(raw, dict):
         raise ScratchGPTError(f"{params_file}: must be a mapping of sections")
@@ -351,12 +379,18 @@ def load_sections(names: list[str], params_file: str | Path = PARAMS_FILE) -> ty
             close = difflib.get_close_matches(str(name), list(SECTIONS), n=1)
             hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(SECTIONS)}"
             raise ParamsError(f"{params_file}: {name}: unknown section{hint}")
-    missing = [name for name in names if name not in raw]
+    sections = [name.split(".")[0] for name in names]
+    missing = [name for name in sections if name not in raw]
     if missing:
         raise ParamsError(f"{params_file}: {missing[0]}: missing section")
-    return types.SimpleNamespace(**{n: parse_section(SECTIONS[n], raw[n], n) for n in names})
+    return types.SimpleNamespace(**{
+        section: _item(raw, section, item, params_file) if section in ITEM_SECTIONS
+        else parse_section(SECTIONS[section], raw[section], section)
+        for section in sections
+    })
 
 
-def load(stage: str) -> types.SimpleNamespace:
-    """The validated params sections that dvc.yaml declares for `stage`, and no others."""
-    return load_sections(declared_sections(stage))
+def load(stage: str, item: str | None = None) -> types.SimpleNamespace:
+    """The validated params that dvc.yaml declares for `stage`, and no others; for a `foreach`
+    stage, `item` is its key (`coldplay` in `finetune@coldplay`)."""
+    return load_sections(declared_sections(stage), item=item)

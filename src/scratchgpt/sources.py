@@ -1,7 +1,8 @@
 """Where the raw text comes from: a Hugging Face dataset or a local copy, read into one schema.
 
 IMDb comes out as one table per split (train, test, unsupervised) with `text` and `label`
-(0 negative, 1 positive, -1 unlabelled); the lyrics as one table of songs with `text`. Rows are
+(0 negative, 1 positive, -1 unlabelled); a fine-tuning dataset (lyrics, or any text) as one
+table of documents with `text`. Rows are
 put in a canonical order, by a hash of their content, so the hub and a local copy of the same
 data give byte-identical files, and `max_docs` keeps the same documents whatever order the
 source listed them in.
@@ -35,8 +36,8 @@ from scratchgpt.text import stable_hash
 
 IMDB_SPLITS = ("train", "test", "unsupervised")
 OPTIONAL_IMDB_SPLITS = ("unsupervised",)  # a user's own copy may leave out the unlabelled reviews
-LYRICS_SPLIT = "train"  # the lyrics have one split; `clean` makes the validation part
-LYRICS_TEXT_COLUMNS = ("text", "lyrics")  # huggingartists uses `text`, Genius scrapes `lyrics`
+DOCUMENTS_SPLIT = "train"  # a fine-tuning dataset has one split; `prepare` holds some of it out
+DOCUMENT_TEXT_COLUMNS = ("text", "lyrics")  # huggingartists uses `text`, Genius scrapes `lyrics`
 TABLE_SUFFIXES = (".parquet", ".csv")
 
 # aclImdb/<split>/<pos|neg|unsup>/<id>_<rating>.txt, as in the Stanford archive.
@@ -195,16 +196,20 @@ def _local_imdb(path: Path, key: str, source: str) -> Parts:
                 "an aclImdb folder, or aclImdb_v1.tar.gz")
 
 
-def _local_lyrics(path: Path, key: str, source: str) -> Parts:
+def _local_documents(path: Path, key: str, source: str) -> Parts:
     if path.suffix == ".txt":
-        songs = [s.strip() for s in _decode(_read_bytes(path), path).split("\n\n\n")]
-        return {LYRICS_SPLIT: [(str(path), pd.DataFrame({"text": [s for s in songs if s]}))]}
+        documents = [d.strip() for d in _decode(_read_bytes(path), path).split("\n\n\n")]
+        return {DOCUMENTS_SPLIT: [(str(path), pd.DataFrame({"text": [d for d in documents if d]}))]}
     if path.suffix in TABLE_SUFFIXES:
-        return {LYRICS_SPLIT: [(str(path), _read_table(path))]}
+        return {DOCUMENTS_SPLIT: [(str(path), _read_table(path))]}
     if path.is_dir():
+        texts = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if texts and not any(p.suffix in TABLE_SUFFIXES for p in path.rglob("*")):
+            # A folder of .txt files: each file is one document, in the order of their paths.
+            return {DOCUMENTS_SPLIT: [(str(path), pd.DataFrame({"text": [_decode(_read_bytes(p), p).strip() for p in texts]}))]}
         return _tables_by_split(path)
-    raise _fail(key, source, "unknown format: expected a .txt (songs separated by two blank "
-                "lines), .csv or .parquet file")
+    raise _fail(key, source, "unknown format: expected a .txt (documents separated by two blank "
+                "lines), .csv or .parquet file, or a folder of .txt files (one document each)")
 
 
 def _canonical(frame: pd.DataFrame, with_label: bool, max_docs: int | None) -> pa.Table:
@@ -316,13 +321,13 @@ def load_imdb(params: SourceParams) -> dict[str, pa.Table]:
     return tables
 
 
-def load_lyrics(params: SourceParams) -> pa.Table:
-    """The lyrics corpus: one song per row, in a `text` column."""
-    key = "data.lyrics"
-    splits = _load(params, key, _local_lyrics)
-    if LYRICS_SPLIT not in splits:
+def load_documents(params: SourceParams, key: str) -> pa.Table:
+    """A fine-tuning dataset (params.yaml's `key`, `datasets.coldplay` say): one document (a
+    song) per row, in a `text` column."""
+    splits = _load(params, key, _local_documents)
+    if DOCUMENTS_SPLIT not in splits:
         found = ", ".join(sorted(splits)) or "none"
-        raise _fail(key, params.source, f"no {LYRICS_SPLIT!r} split (found: {found})")
-    frame = _split_table(splits[LYRICS_SPLIT], LYRICS_SPLIT, key, LYRICS_TEXT_COLUMNS, with_label=False)
-    _require_documents(frame, LYRICS_SPLIT, key, params.source)
+        raise _fail(key, params.source, f"no {DOCUMENTS_SPLIT!r} split (found: {found})")
+    frame = _split_table(splits[DOCUMENTS_SPLIT], DOCUMENTS_SPLIT, key, DOCUMENT_TEXT_COLUMNS, with_label=False)
+    _require_documents(frame, DOCUMENTS_SPLIT, key, params.source)
     return _canonical(frame, False, params.max_docs)

@@ -60,11 +60,33 @@ def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
         _hash_file(digest, file)
 
 
+def expand(stages: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """dvc.yaml's stages as DVC runs them: a `foreach: ${datasets}` stage becomes one stage per
+    item, `finetune@coldplay`, its `do` with `${key}` replaced by the item's name."""
+    expanded = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            expanded[name] = stage
+            continue
+        items = _lookup(params, stage["foreach"].removeprefix("${").removesuffix("}")) or {}
+        for key in items:
+            expanded[f"{name}@{key}"] = json.loads(json.dumps(stage["do"]).replace("${key}", key))
+    return expanded
+
+
+def _lookup(params: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted params key (`datasets.coldplay`), None where there is none."""
+    value: Any = params
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def inputs_key(stage: str, pipeline: dict[str, Any] | None = None) -> str:
-    """A hash of everything `stage` declares in dvc.yaml: its code, data and params sections."""
-    declared = (pipeline or read_yaml(PIPELINE_FILE)["stages"])[stage]
+    """A hash of everything `stage` declares in dvc.yaml: its code, data and params."""
     params = read_yaml(PARAMS_FILE)
-    digest = hashlib.sha256(json.dumps({s: params.get(s) for s in declared.get("params", [])}, sort_keys=True).encode())
+    declared = (pipeline or expand(read_yaml(PIPELINE_FILE)["stages"], params))[stage]
+    digest = hashlib.sha256(json.dumps({s: _lookup(params, s) for s in declared.get("params", [])}, sort_keys=True).encode())
     for dep in declared.get("deps", []):
         _hash_path(digest, Path(dep))
     return digest.hexdigest()[:16]
@@ -96,7 +118,7 @@ def _up_to_date(stage: str, pipeline: dict[str, Any]) -> bool:
     declared = pipeline[stage]
     outputs = [path for kind in ("outs", "metrics", "plots") for path in _declared_paths(declared.get(kind))]
     params = read_yaml(PARAMS_FILE)
-    present = {section: params.get(section) for section in declared.get("params", [])}
+    present = {name: _lookup(params, name) for name in declared.get("params", [])}
     written = {out["path"]: out.get("md5") for other in locked_stages.values() for out in other.get("outs", [])}
     deps = locked.get("deps", [])
     return (all(path.exists() for path in outputs)
@@ -156,10 +178,10 @@ def remove_stale_states(say: Callable[[str], None], *, superseded: bool) -> None
 
 
 def _pipeline() -> dict[str, Any]:
-    """dvc.yaml's stages; none when not run from a pipeline's root."""
+    """dvc.yaml's stages, `foreach` ones expanded; none when not run from a pipeline's root."""
     try:
-        return read_yaml(PIPELINE_FILE)["stages"]
-    except (ScratchGPTError, KeyError, TypeError):
+        return expand(read_yaml(PIPELINE_FILE)["stages"], read_yaml(PARAMS_FILE))
+    except (ScratchGPTError, KeyError, TypeError, AttributeError):
         return {}
 
 
@@ -177,7 +199,8 @@ def tidy(outputs: Iterable[Path] = ()) -> None:
 
 
 def run(main: Callable[..., None]) -> None:
-    """Call `main` with the command-line arguments as Paths, as dvc.yaml's `cmd` passes them.
+    """Call `main` with the command-line arguments as Paths (as strings where `main` annotates
+    one `str`: a foreach stage's item name), as dvc.yaml's `cmd` passes them.
 
     dvc.yaml is the one place that names each stage's inputs and outputs. Outputs must be
     writable before `main` starts, and what killed runs left is removed first (`tidy`; once,
@@ -193,7 +216,8 @@ def run(main: Callable[..., None]) -> None:
               f"error: stages.{module} takes {len(names)} path(s) ({expected}), got {len(args)}; "
               f"`dvc repro {module}` runs it with the paths in dvc.yaml", file=sys.stderr)
         sys.exit(2)
-    paths = [Path(arg) for arg in args]
+    hints = inspect.get_annotations(main, eval_str=True)
+    paths = [arg if hints.get(name) is str else Path(arg) for name, arg in zip(names, args)]
     with exit_on_error():
         outputs = [path for name, path in zip(names, paths) if is_output(name)]
         for path in outputs:

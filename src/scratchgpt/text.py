@@ -52,9 +52,11 @@ def stable_hash(text: str, salt: bytes = b"") -> int:
     return int.from_bytes(digest.digest(), "big")
 
 
-def is_validation(text: str, val_fraction: float) -> bool:
-    """Whether `text` belongs to the validation split: its salted hash falls in the lowest fraction."""
-    return stable_hash(text, _VALIDATION_SALT) < val_fraction * 2**64
+def is_validation(text: str, val_fraction: float, seed: int = 0) -> bool:
+    """Whether `text` belongs to the validation split: its salted hash falls in the lowest
+    fraction. Each `seed` (below 2**48) draws another split; seed 0 is the split IMDb uses."""
+    salt = _VALIDATION_SALT + (seed.to_bytes(6, "big") if seed else b"")
+    return stable_hash(text, salt) < val_fraction * 2**64
 
 
 def clean_documents(texts: Iterable[str]) -> list[str]:
@@ -62,12 +64,18 @@ def clean_documents(texts: Iterable[str]) -> list[str]:
     return [cleaned for cleaned in map(clean_text, texts) if cleaned]
 
 
-def split_validation(texts: list[str], val_fraction: float) -> dict[str, list[str]]:
+def split_validation(texts: list[str], val_fraction: float, seed: int = 0) -> dict[str, list[str]]:
     """`{"train": [...], "val": [...]}`, each document placed by `is_validation`."""
     splits: dict[str, list[str]] = {"train": [], "val": []}
     for text in texts:
-        splits["val" if is_validation(text, val_fraction) else "train"].append(text)
+        splits["val" if is_validation(text, val_fraction, seed) else "train"].append(text)
     return splits
+
+
+def deduplicate(texts: list[str]) -> list[str]:
+    """`texts` without exact repeats (a song and its live version with the same words), first
+    copies kept in order: a repeat would count twice in training or in the yardstick."""
+    return list(dict.fromkeys(texts))
 
 
 def read_documents(path: str | Path) -> list[str]:
