@@ -23,6 +23,7 @@ def test_project_params_are_valid():
     loaded = load_sections(ALL, ROOT / "params.yaml")
     assert loaded.train.peak_lr == 2.0e-3 and loaded.model.num_heads == 6
     assert loaded.sample.prompts[0] == "I want something"
+    assert list(loaded.datasets) == ["coldplay", "nirvana"] and loaded.datasets["nirvana"].val_fraction == 0.4
 
 
 def test_yaml_1_2_floats_are_numbers(tmp_path):
@@ -51,7 +52,11 @@ def test_yaml_1_2_floats_are_numbers(tmp_path):
         ({"model": {"context_length": 0}}, r"model.context_length = 0: must be > 0"),
         ({"clean": {"val_fraction": 0.0}}, r"clean.val_fraction = 0.0: must be in \(0, 1\)"),
         ({"data": {"imdb": {"source": ""}}}, r"data.imdb.source = '': must not be empty"),
-        ({"data": {"lyrics": {"max_docs": 0}}}, r"data.lyrics.max_docs = 0: must be > 0"),
+        ({"datasets": {"coldplay": {"max_docs": 0}}}, r"datasets.coldplay.max_docs = 0: must be > 0"),
+        ({"datasets": {"nirvana": {"val_fraction": 1.0}}}, r"datasets.nirvana.val_fraction = 1.0: must be in \(0, 1\)"),
+        ({"datasets": {"nirvana": {"split_seed": -1}}}, r"datasets.nirvana.split_seed = -1: must be from 0 to"),
+        ({"datasets": {"nirvana": {"val_fraktion": 0.5}}}, r"datasets.nirvana.val_fraktion: unknown key; did you mean"),
+        ({"datasets": {"beatles": "beatles.txt"}}, r"datasets.beatles = 'beatles.txt': must be a mapping of keys"),
         ({"tokenize": {"shard_tokens": -1}}, r"tokenize.shard_tokens = -1: must be > 0"),
         ({"sample": {"top_p": 1.5}}, r"sample.top_p = 1.5: must be in \(0, 1\]"),
         ({"sample": {"top_p": 0.0}}, r"sample.top_p = 0.0: must be in \(0, 1\]"),
@@ -96,6 +101,14 @@ def test_missing_key_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match="train.patience: missing"):
         load_sections(["train"], path)
+
+
+def test_a_dataset_stage_gets_only_its_own_dataset(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    loaded = params.load("prepare", item="nirvana")
+    assert loaded.datasets.source == "huggingartists/nirvana" and loaded.tokenize.encoding == "gpt2"
+    with pytest.raises(ParamsError, match=r"datasets.beatles: missing \(known: coldplay, nirvana\)"):
+        params.load("prepare", item="beatles")
 
 
 def test_a_stage_gets_only_the_sections_it_declares(monkeypatch):

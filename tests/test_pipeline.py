@@ -16,6 +16,8 @@ from conftest import DVC, ROOT, run
 from scratchgpt.params import SECTIONS
 
 PIPELINE = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+DATASET_STAGES = ["prepare", "finetune", "evaluate_finetuned", "sample"]
+DATASETS = ["coldplay", "nirvana"]  # the tiny project's, as params.yaml's
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -41,7 +43,7 @@ def imported_modules(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("name", list(PIPELINE))
 def test_stage_deps_list_exactly_the_code_it_runs(name):
-    stage = PIPELINE[name]
+    stage = PIPELINE[name].get("do", PIPELINE[name])  # a foreach stage declares in its `do`
     assert stage["cmd"].startswith(f"python -m stages.{name} ")
     script, package = ROOT / "stages" / f"{name}.py", ROOT / "stages" / "__init__.py"  # Python runs both
     expected = {f"stages/{name}.py", "stages/__init__.py"} | {
@@ -52,8 +54,16 @@ def test_stage_deps_list_exactly_the_code_it_runs(name):
 
 
 @pytest.mark.parametrize("name", list(PIPELINE))
-def test_stage_params_are_whole_known_sections(name):
-    assert all(section in SECTIONS for section in PIPELINE[name].get("params", []))
+def test_stage_params_are_whole_known_sections_or_its_own_dataset(name):
+    stage = PIPELINE[name].get("do", PIPELINE[name])
+    own = ["datasets.${key}"] if "foreach" in PIPELINE[name] else []
+    assert all(section in SECTIONS or section in own for section in stage.get("params", []))
+
+
+def test_every_dataset_stage_runs_once_per_dataset():
+    per_dataset = [name for name, stage in PIPELINE.items() if "foreach" in stage]
+    assert per_dataset == ["prepare", "finetune", "evaluate_finetuned", "sample"]
+    assert all(PIPELINE[name]["foreach"] == "${datasets}" for name in per_dataset)
 
 
 @pytest.mark.e2e
@@ -79,35 +89,46 @@ def run_dvc(repo: Path, *args: str) -> str:
 @pytest.mark.e2e
 def test_the_experiment_workflow(project):
     # dvc repro builds everything; a second one has nothing to do.
-    assert ran_stages(run_dvc(project, "repro")) == [
-        "download", "clean", "tokenize", "pretrain", "finetune", "evaluate", "sample"]
+    ran = ran_stages(run_dvc(project, "repro"))
+    assert ran[:5] == ["download", "clean", "tokenize", "pretrain", "evaluate"]
+    assert sorted(ran[5:]) == sorted(f"{stage}@{dataset}" for stage in DATASET_STAGES for dataset in DATASETS)
     assert "Data and pipelines are up to date" in run_dvc(project, "repro")
-    for path in ("metrics/evaluate.json", "metrics/samples.md", "metrics/train/metrics.json",
-                 "metrics/finetune/plots/metrics/val_loss.tsv", "models/finetuned/model.safetensors"):
-        assert (project / path).exists(), path
+    for dataset in DATASETS:
+        for path in (f"metrics/evaluate/{dataset}.json", f"metrics/samples/{dataset}.md",
+                     f"metrics/finetune/{dataset}/plots/metrics/val_loss.tsv",
+                     f"models/finetuned/{dataset}/model.safetensors", "metrics/evaluate.json"):
+            assert (project / path).exists(), path
+        assert f"fine-tuned ({dataset})" in (project / f"metrics/samples/{dataset}.md").read_text()
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "reference run"], project)
 
     # Fine-tuning starts from the pretrained weights: a few tiny steps move them only slightly.
     before = load_file(project / "models/pretrained/model.safetensors")
-    after = load_file(project / "models/finetuned/model.safetensors")
+    after = load_file(project / "models/finetuned/coldplay/model.safetensors")
     drift = max((after[k] - before[k]).abs().max().item() for k in before)
     assert 0 < drift < 1e-2  # AdamW moves a weight by about the learning rate a step: 4 steps, peak 1e-3
 
     # A learning-rate experiment re-runs training and what follows, never the data stages.
     output = run_dvc(project, "exp", "run", "-S", "train.max_lr=1e-4")
-    assert ran_stages(output) == ["pretrain", "finetune", "evaluate", "sample"]
+    assert sorted(ran_stages(output)) == sorted(
+        ["pretrain", "evaluate"] + [f"{stage}@{dataset}" for stage in DATASET_STAGES[1:] for dataset in DATASETS])
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["max_lr"] == 1e-4
     params_diff = run_dvc(project, "params", "diff", "--md")
     assert re.search(r"train.max_lr +\| +- +\| +0.0001", params_diff)  # null (the peak is learning_rate) to 1e-4
     metrics_diff = run_dvc(project, "metrics", "diff", "--md")
     assert "metrics/train/metrics.json" in metrics_diff and "best_val_loss" in metrics_diff
-    assert "finetuned.imdb_test.bits_per_byte" in metrics_diff
+    assert "finetuned.imdb_test.bits_per_byte" in metrics_diff and "pretrained.imdb_test.bits_per_byte" in metrics_diff
+    for dataset in DATASETS:  # each dataset's figures by name
+        assert f"metrics/evaluate/{dataset}.json" in metrics_diff and f"metrics/finetune/{dataset}/metrics.json" in metrics_diff
+
+    # A change to one dataset re-runs only that dataset's stages.
+    output = run_dvc(project, "exp", "run", "-S", "datasets.nirvana.max_docs=20")
+    assert sorted(ran_stages(output)) == sorted(f"{stage}@nirvana" for stage in DATASET_STAGES)
 
     # A sampling experiment re-runs only the sample stage.
     output = run_dvc(project, "exp", "run", "-S", "sample.temperature=0.5")
-    assert ran_stages(output) == ["sample"]
-    assert "temperature 0.5" in (project / "metrics/samples.md").read_text()
+    assert sorted(ran_stages(output)) == ["sample@coldplay", "sample@nirvana"]
+    assert "temperature 0.5" in (project / "metrics/samples/coldplay.md").read_text()
     shown = run_dvc(project, "exp", "show", "--md")
     assert shown.count("[") >= 2  # both experiments listed by name
 
@@ -140,7 +161,7 @@ def lock_hashes(repo: Path) -> dict[str, str]:
 def test_two_runs_from_scratch_give_the_same_bytes(project):
     run_dvc(project, "repro")
     first = lock_hashes(project)
-    assert len(first) == 11  # every output, metrics and plots included
+    assert len(first) == 7 + 6 * len(DATASETS)  # every output, metrics and plots included
     for path in ("data", "models", "metrics", ".dvc/cache"):
         shutil.rmtree(project / path, ignore_errors=True)
     run_dvc(project, "repro", "--force", "--no-run-cache")
@@ -162,14 +183,14 @@ def test_a_trained_tokenizer_and_muon_end_to_end(project):
     meta = json.loads((project / "data/tokens/imdb/meta.json").read_text())
     assert re.fullmatch(r"bpe400-[0-9a-f]{12}", meta["encoding"]) and meta["vocab_size"] == 400
     for name in ("tokenizer.tiktoken", "tokenizer.json"):
-        for model in ("pretrained", "finetuned"):
+        for model in ("pretrained", "finetuned/coldplay", "finetuned/nirvana"):
             assert (project / "models" / model / name).read_bytes() == (project / "data/tokens" / name).read_bytes()
-    for stage in ("train", "finetune"):
-        metrics = json.loads((project / f"metrics/{stage}/metrics.json").read_text())
+    for metrics_dir in ("train", "finetune/coldplay", "finetune/nirvana"):
+        metrics = json.loads((project / f"metrics/{metrics_dir}/metrics.json").read_text())
         assert 0 < metrics["best_val_bpb"] < 20
-        assert (project / f"metrics/{stage}/plots/metrics/val_bpb.tsv").exists()
-    scores = json.loads((project / "metrics/evaluate.json").read_text())
-    assert list(scores["finetuned"]["lyrics_val"])[0] == "bits_per_byte"
+        assert (project / f"metrics/{metrics_dir}/plots/metrics/val_bpb.tsv").exists()
+    scores = json.loads((project / "metrics/evaluate/coldplay.json").read_text())
+    assert list(scores["finetuned"]["val"])[0] == "bits_per_byte"
     generated = run([sys.executable, "-c", "from scratchgpt.cli import main; main()", "generate", "--model",
-                     "models/finetuned", "--max-new-tokens", "5", "--seed", "1", "Lights go out"], project)
+                     "models/finetuned/coldplay", "--max-new-tokens", "5", "--seed", "1", "Lights go out"], project)
     assert generated.stdout.startswith("Lights go out") and len(generated.stdout) > len("Lights go out\n")

@@ -189,7 +189,7 @@ def test_what_killed_runs_leave_goes_even_when_dvc_restores_their_stage(project)
     (temporary / "imdb/train.parquet").write_bytes(bytes(1 << 20))
 
     (project / "params.yaml").write_text(yaml.safe_dump(cached, sort_keys=False))
-    output = run([*DVC, "repro", "finetune"], project).stdout
+    output = run([*DVC, "repro", "finetune@coldplay"], project).stdout
     for name in ("download", "pretrain"):
         assert f"Stage '{name}' is cached - skipping run" in output, output
     assert "resuming" not in output
@@ -207,7 +207,7 @@ def test_a_killed_run_that_dvc_restores_from_its_run_cache_leaves_no_state(proje
     interrupt(project, signal.SIGKILL, "--force", "--single-item")
     [state] = state_files(project)
 
-    output = run([*DVC, "repro", "finetune"], project).stdout
+    output = run([*DVC, "repro", "finetune@coldplay"], project).stdout
     assert "Stage 'pretrain' is cached - skipping run" in output, output
     assert f"removed .ckpt/{state.parent.name}: " in output
     assert list((project / ".ckpt").glob("*")) == []

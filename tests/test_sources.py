@@ -12,7 +12,7 @@ import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 
 from scratchgpt.params import SourceParams
-from scratchgpt.sources import SourceError, load_imdb, load_lyrics
+from scratchgpt.sources import SourceError, load_documents, load_imdb
 
 REVIEWS = {
     ("train", "pos"): ["A wonderful film.<br />Loved it.", "Great acting."],
@@ -22,6 +22,10 @@ REVIEWS = {
     ("test", "neg"): ["Awful."],
 }
 LABELS = {"pos": 1, "neg": 0, "unsup": -1}
+
+
+def load_lyrics(params: SourceParams) -> object:
+    return load_documents(params, "datasets.coldplay")
 
 
 def source(path: object, max_docs: int | None = None) -> SourceParams:
@@ -115,10 +119,14 @@ def test_lyrics_formats_agree(tmp_path):
     pd.DataFrame({"title": ["a", "b", "c"], "lyrics": SONGS}).to_csv(csv, index=False)
     parquet = tmp_path / "songs.parquet"
     pd.DataFrame({"text": SONGS}).to_parquet(parquet, index=False)
-    tables = [load_lyrics(source(p)) for p in (txt, csv, parquet)]
+    folder = tmp_path / "songs"  # a folder of .txt files, one document each, in subfolders too
+    for index, song in enumerate(SONGS):
+        (folder / f"album{index % 2}").mkdir(parents=True, exist_ok=True)
+        (folder / f"album{index % 2}/{index}.txt").write_text(song + "\n", encoding="utf-8")
+    tables = [load_lyrics(source(p)) for p in (txt, csv, parquet, folder)]
     assert tables[0].column_names == ["text"]
     assert sorted(tables[0].column("text").to_pylist()) == sorted(SONGS)
-    assert tables[0].equals(tables[1]) and tables[0].equals(tables[2])
+    assert all(tables[0].equals(table) for table in tables[1:])
 
 
 def test_real_lyrics_file():
@@ -161,7 +169,7 @@ def test_empty_lyrics_are_refused(tmp_path):
 
 def test_unreachable_hub_says_to_use_a_local_copy(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SourceError, match="point data.lyrics.source at a local copy"):
+    with pytest.raises(SourceError, match="point datasets.coldplay.source at a local copy"):
         load_lyrics(SourceParams(source="huggingartists/no-such-artist", revision=None, max_docs=None))
 
 
@@ -311,7 +319,7 @@ def test_text_column_that_is_not_all_strings_is_refused_from_the_hub(monkeypatch
     values, counted = BAD_TEXT["null"]
     table = pa.table({"text": values})
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict({"train": datasets.Dataset(table)}))
-    with pytest.raises(SourceError, match=re.escape(f"huggingartists/coldplay (data.lyrics.source), split 'train', "
+    with pytest.raises(SourceError, match=re.escape(f"huggingartists/coldplay (datasets.coldplay.source), split 'train', "
                                                     f"column 'text': {counted}")):
         load_lyrics(SourceParams(source="huggingartists/coldplay", revision="0" * 40, max_docs=None))
 

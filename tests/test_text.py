@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from scratchgpt.params import SourceParams
-from scratchgpt.sources import load_lyrics
-from scratchgpt.text import clean_documents, clean_text, is_validation, split_validation, stable_hash
+from scratchgpt.sources import load_documents
+from scratchgpt.text import clean_documents, clean_text, deduplicate, is_validation, split_validation, stable_hash
 
 
 def test_keeps_ascii_only():
@@ -50,11 +50,26 @@ def test_max_docs_does_not_bias_the_validation_split(tmp_path, max_docs):
     """`max_docs` keeps documents by one hash; the split must not pick by the same one."""
     frame = pd.DataFrame({"text": CORPUS})
     frame.to_parquet(tmp_path / "songs.parquet")
-    kept = load_lyrics(SourceParams(source=str(tmp_path / "songs.parquet"), revision=None, max_docs=max_docs))
+    kept = load_documents(SourceParams(source=str(tmp_path / "songs.parquet"), revision=None, max_docs=max_docs),
+                          "datasets.songs")
     texts = clean_documents(kept.column("text").to_pylist())
     val = len(split_validation(texts, 0.1)["val"])
     spread = 3 * math.sqrt(max_docs * 0.1 * 0.9)  # three standard deviations of a fair split
     assert abs(val - 0.1 * max_docs) <= max(spread, 1), f"{val} of {max_docs} in validation"
+
+
+def test_each_split_seed_holds_out_other_documents_and_seed_0_is_imdbs_rule():
+    texts = [f"song number {i}" for i in range(4000)]
+    splits = [set(split_validation(texts, 0.4, seed)["val"]) for seed in (0, 1, 2)]
+    assert splits[0] == {text for text in texts if is_validation(text, 0.4)}
+    for seed, held_out in enumerate(splits):
+        assert abs(len(held_out) - 1600) < 5 * math.sqrt(4000 * 0.4 * 0.6), seed  # a fair draw of 40%
+    overlap = len(splits[1] & splits[2]) / len(splits[1])
+    assert 0.3 < overlap < 0.5  # independent draws share about 0.4 of their documents
+
+
+def test_deduplicate_keeps_first_copies_in_order():
+    assert deduplicate(["b", "a", "b", "c", "a"]) == ["b", "a", "c"]
 
 
 def test_a_documents_split_does_not_depend_on_the_cap():

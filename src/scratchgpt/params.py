@@ -358,10 +358,12 @@ def declared_sections(stage: str, pipeline_file: str | Path = PIPELINE_FILE) -> 
 
 
 def _item(raw: dict, section: str, item: str | None, params_file: str | Path) -> Any:
-    """The parsed item `item` of the item section `section`."""
+    """The parsed item `item` of the item section `section`; with no `item`, all of them by name."""
     items = raw[section]
     if not isinstance(items, dict):
         raise bad_value(section, items, "must be a mapping of names to items")
+    if item is None:
+        return {name: parse_section(SECTIONS[section], value, f"{section}.{name}") for name, value in items.items()}
     if item not in items:
         known = ", ".join(map(str, items)) or "none"
         raise ParamsError(f"{params_file}: {section}.{item}: missing (known: {known})")
@@ -370,7 +372,8 @@ def _item(raw: dict, section: str, item: str | None, params_file: str | Path) ->
 
 def load_sections(names: list[str], params_file: str | Path = PARAMS_FILE, item: str | None = None) -> types.SimpleNamespace:
     """Parse and validate the named params of params.yaml: sections, or the item `item` of an
-    item section (named `datasets.${key}`; the namespace calls it `datasets`)."""
+    item section (named `datasets.${key}`; the namespace calls it `datasets`; with no `item`,
+    `datasets` maps every name to its item)."""
     raw = read_yaml(params_file) or {}
     if not isinstance(raw, dict):
         raise ScratchGPTError(f"{params_file}: must be a mapping of sections")
