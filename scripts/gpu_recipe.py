@@ -54,7 +54,9 @@ SITE = Path("/tmp/site")
 
 # The article's `settings` and `settings_ft` (README, "The default recipe, and why"), on CUDA.
 RECIPE = {
-    "data": {"imdb": {"source": ".gpu/imdb"}, "lyrics": {"source": ".gpu/lyrics/coldplay.txt"}},
+    "data": {"imdb": {"source": ".gpu/imdb"}},
+    "datasets": {"coldplay": {"source": ".gpu/lyrics/coldplay.txt", "revision": None, "max_docs": None,
+                              "val_fraction": 0.4, "split_seed": 0}},
     "tokenize": {"vocab_size": None},  # GPT-2's tokenizer
     "model": {"num_blocks": 8, "embed_dim": 256, "attention_dim": 256, "num_heads": 8, "dropout_rate": 0.1},
     "train": {
@@ -278,13 +280,18 @@ def main() -> None:
             return
         ok = run.step("pretrain", [sys.executable, "-m", "stages.pretrain", "data/tokens", "models/pretrained", "metrics/train"],
                       pretrain_s + 45)
-        ok = ok and run.step("finetune", [sys.executable, "-m", "stages.finetune", "models/pretrained", "data/tokens",
-                                          "models/finetuned", "metrics/finetune"], 90)
-        ok = ok and run.step("evaluate", [sys.executable, "-m", "stages.evaluate", "models/pretrained", "models/finetuned",
-                                          "data/tokens", "metrics/evaluate.json"], 60)
+        ok = ok and run.step("evaluate", [sys.executable, "-m", "stages.evaluate", "models/pretrained", "data/tokens",
+                                          "metrics/evaluate.json"], 60)
+        ok = ok and run.step("prepare", [sys.executable, "-m", "stages.prepare", "coldplay", "data/tokens",
+                                         "data/finetune/coldplay"], 60)
+        ok = ok and run.step("finetune", [sys.executable, "-m", "stages.finetune", "coldplay", "models/pretrained",
+                                          "data/finetune/coldplay", "models/finetuned/coldplay", "metrics/finetune/coldplay"], 90)
+        ok = ok and run.step("evaluate_finetuned", [sys.executable, "-m", "stages.evaluate_finetuned", "models/pretrained",
+                                                    "models/finetuned/coldplay", "data/tokens", "data/finetune/coldplay",
+                                                    "metrics/evaluate/coldplay.json"], 60)
         if ok:
-            run.step("sample", [sys.executable, "-m", "stages.sample", "models/pretrained", "models/finetuned",
-                                       "metrics/samples.md"], 45)
+            run.step("sample", [sys.executable, "-m", "stages.sample", "coldplay", "models/pretrained",
+                                "models/finetuned/coldplay", "metrics/samples/coldplay.md"], 45)
     finally:
         run.note("total_seconds", round(time.monotonic() - started, 1))
         pack(args.out)
