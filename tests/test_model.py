@@ -230,7 +230,7 @@ def test_rotation_keeps_lengths_and_makes_scores_depend_on_the_distance_alone():
 
 def test_rmsnorm_has_nothing_to_learn():
     model, article = GPT(**TINY, norm="rmsnorm"), GPT(**TINY)
-    norms = [model.final_norm] + [norm for block in model.blocks for norm in (block.attention_norm, block.feed_forward_norm)]
+    norms = [model.final_norm, *(norm for b in model.blocks for norm in (b.attention_norm, b.feed_forward_norm))]
     assert all(isinstance(norm, nn.RMSNorm) and not list(norm.parameters()) for norm in norms)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(article) - count(model) == len(norms) * 2 * TINY["embed_dim"]  # LayerNorm's gains and biases

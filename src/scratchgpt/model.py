@@ -215,7 +215,9 @@ class MultiHeadAttention(nn.Module):
         self.out = nn.Linear(attention_dim, embed_dim, bias=bias)  # concatenated heads back to the residual width
         self.dropout = nn.Dropout(dropout_rate)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch, length, _ = x.shape  # x: (batch, length, embed_dim)
         # (batch, length, 3 * attention_dim) -> three of (batch, heads, length, head_dim)
         queries, keys, values = (
@@ -260,7 +262,9 @@ class Decoder(nn.Module):
         self.feed_forward_norm = NORMS[norm](embed_dim)
         self.feed_forward = FeedForward(embed_dim, dropout_rate, activation, bias)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cache, rotation)
         return x + self.feed_forward(self.feed_forward_norm(x))
 
@@ -347,7 +351,9 @@ class GPT(nn.Module):
         if targets is None:
             return soft_cap(F.linear(x, self.output_weight)[..., : self.config.vocab_size], cap)
         if x.device.type == "cpu":
-            return chunked_cross_entropy(x.flatten(0, 1), self.output_weight, targets.flatten(), self.config.vocab_size, cap)
+            return chunked_cross_entropy(
+                x.flatten(0, 1), self.output_weight, targets.flatten(), self.config.vocab_size, cap
+            )
         logits = F.linear(x, self.output_weight)[..., : self.config.vocab_size].float()
         return F.cross_entropy(soft_cap(logits, cap).flatten(0, 1), targets.flatten())
 

@@ -146,7 +146,8 @@ class ModelParams:
             raise bad_value(
                 f"{section}.position_encoding",
                 self.position_encoding,
-                f"needs an even head size, not {section}.attention_dim / num_heads = {head_dim} (RoPE turns pairs of dimensions)",
+                f"needs an even head size, not {section}.attention_dim / num_heads = {head_dim} "
+                "(RoPE turns pairs of dimensions)",
             )
 
 
