@@ -1,4 +1,4 @@
-"""Seconds per training step of each recipe the sweeps compare: tokenizer, optimizer, shape, batch.
+"""Seconds per training step of each recipe the sweeps compare: tokenizer, optimizer, shape, batch, block.
 
 The sweeps compare recipes at equal wall-clock, so each row's step budget is the default's
 budget scaled by how much faster or slower its step is than the default's (the first row). This
@@ -13,6 +13,10 @@ ratios hold where wall-clock ones do not; its absolute figures are one core's, n
 `--json FILE` also writes each row's recipe and median seconds, with the CPU's name, for
 scripts/frontier.py, which turns a sweep's steps into minutes with them.
 
+The modern block's rows (`--only 4x192`) put each of its parts alone, then all of them, with AdamW
+and with Muon, beside the article's block on the default shape; each part is named as its
+`model` key in params.yaml.
+
 Run: python bench/recipe_step_time.py [--rounds 5] [--emulate-avx2] [--cpu-time] [--only NAME ...] [--json FILE]
 """
 
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -42,7 +47,11 @@ def shape(blocks: int, width: int, heads: int, context: int = 256) -> dict[str, 
     return dict(num_blocks=blocks, embed_dim=width, attention_dim=width, num_heads=heads, context_length=context)
 
 
-# name -> (vocabulary, optimizer, model shape, batch size). The first row is the yardstick.
+# Every part of the modern block on: the `model` keys docs/recipe.md's line sets (defaults: the article's block).
+MODERN_BLOCK = {"position_encoding": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "bias": False,
+                "zero_init_projections": True, "logit_softcap": 15.0}
+
+# name -> (vocabulary, optimizer, model settings: shape and block, batch size). The first row is the yardstick.
 RECIPES = {
     "8x256 (article's shape), 32k, b8": (32768, "adamw", shape(8, 256, 8), 8),
     "8x256, 32k, b8, muon": (32768, "muon", shape(8, 256, 8), 8),
@@ -55,17 +64,22 @@ RECIPES = {
     "6x192, 32k, b16, ctx128": (32768, "adamw", shape(6, 192, 6, 128), 16),
     "6x192, 16k, b8": (16384, "adamw", shape(6, 192, 6), 8),
     "4x192, 32k, b8": (32768, "adamw", shape(4, 192, 6), 8),
+    "4x192, 32k, b8, muon": (32768, "muon", shape(4, 192, 6), 8),
+    **{f"4x192, 32k, b8, {key}={value}": (32768, "adamw", shape(4, 192, 6) | {key: value}, 8)
+       for key, value in MODERN_BLOCK.items()},
+    "4x192, 32k, b8, modern block": (32768, "adamw", shape(4, 192, 6) | MODERN_BLOCK, 8),
+    "4x192, 32k, b8, modern block, muon": (32768, "muon", shape(4, 192, 6) | MODERN_BLOCK, 8),
     "4x128, 32k, b16": (32768, "adamw", shape(4, 128, 4), 16),
     "4x128, 16k, b16": (16384, "adamw", shape(4, 128, 4), 16),
 }
 
 
-def step_function(vocab_size: int, optimizer: str, model_shape: dict[str, int], batch_size: int, bf16: bool):
+def step_function(vocab_size: int, optimizer: str, model_settings: dict[str, Any], batch_size: int, bf16: bool):
     with open("params.yaml", encoding="utf-8") as f:
         params = yaml.safe_load(f)
     settings: TrainParams = parse_section(TrainParams, params["train"] | {"optimizer": optimizer}, "train")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=vocab_size, dropout_rate=0.0, **model_shape))
+    model = GPT(GPTConfig(vocab_size=vocab_size, dropout_rate=0.0, **model_settings))
     adam_or_muon = make_optimizer(model, settings)
     tokens = torch.randint(0, vocab_size, (batch_size, model.config.context_length + 1),
                            generator=torch.Generator().manual_seed(0))
@@ -111,9 +125,9 @@ def main() -> None:
         rows.append([name, f"{median:.3f}", f"{batch_size * context / median:,.0f}", f"{baseline / median:.2f}x"])
     markdown_table(["recipe", "s/step", "tokens/s", "steps in the yardstick's time"], rows)
     if args.json:
-        recipes = [{"vocab_size": vocab, "optimizer": optimizer, "batch_size": batch, **model_shape,
+        recipes = [{"vocab_size": vocab, "optimizer": optimizer, "batch_size": batch, **model_settings,
                     "seconds": round(statistics.median(times[name]), 4)}
-                   for name, (vocab, optimizer, model_shape, batch) in chosen.items()]
+                   for name, (vocab, optimizer, model_settings, batch) in chosen.items()]
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"cpu": cpu, "recipes": recipes}, indent=1) + "\n")
 

@@ -105,10 +105,13 @@ def variants(bf16: bool) -> dict[str, Variant]:
     return rows
 
 
-def recomputed_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def recomputed_loss(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, softcap: None = None
+) -> torch.Tensor:
     """The previous pipeline's loss (GPT.next_token_loss before commit 32d6189), copied: the LM
     head and cross-entropy 128 positions at a time, each slice's logits recomputed in the
-    backward pass instead of stored. As then, the padding columns are not masked."""
+    backward pass instead of stored. As then, the padding columns are not masked, and there is
+    no soft cap (the bench's models are the article's block: `softcap` is always None)."""
     nats = sum(
         checkpoint(_summed_loss, hidden[start : start + PREVIOUS_SLICE], weight, targets[start : start + PREVIOUS_SLICE],
                    use_reentrant=False)

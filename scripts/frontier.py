@@ -36,10 +36,14 @@ WIDTH, HEIGHT, SCALE = 400, 300, 2
 
 STEP_TIME_KEYS = ("num_blocks", "embed_dim", "attention_dim", "num_heads", "context_length", "batch_size",
                   "vocab_size", "optimizer")  # what a step's time depends on
+# ... and the block's `model` keys, at the article's values where a step time or an experiment
+# predates them (params.yaml's defaults).
+BLOCK_KEYS = {"activation": "gelu", "qkv_bias": False, "position_encoding": "learned", "norm": "layernorm",
+              "qk_norm": False, "bias": True, "zero_init_projections": False, "logit_softcap": None}
 
 
 def recipe_key(recipe: dict[str, Any]) -> tuple:
-    return tuple(recipe[key] for key in STEP_TIME_KEYS)
+    return (*(recipe[key] for key in STEP_TIME_KEYS), *(recipe.get(key, value) for key, value in BLOCK_KEYS.items()))
 
 
 def recipe_label(model: dict[str, Any], train: dict[str, Any], vocab_size: int) -> str:
@@ -73,7 +77,7 @@ def run_row(name: str, data: dict[str, Any], step_seconds: dict[tuple, float]) -
     vocab = params["tokenize"]["vocab_size"] or 50257  # null = GPT-2's encoding
     key = recipe_key(model | train | {"vocab_size": vocab})
     if key not in step_seconds:
-        raise SystemExit(f"{name}: no measured step time for {dict(zip(STEP_TIME_KEYS, key))}; "
+        raise SystemExit(f"{name}: no measured step time for {dict(zip([*STEP_TIME_KEYS, *BLOCK_KEYS], key))}; "
                          "add the recipe to bench/recipe_step_time.py and measure again")
     peak = train["max_lr"] or train["learning_rate"]
     return {

@@ -53,6 +53,11 @@ TINY_OVERRIDES = {
     "sample": {"max_new_tokens": 6},
 }
 
+# Every part of the modern block on (the `model` keys docs/recipe.md's line sets); the defaults
+# are the article's block.
+MODERN_BLOCK = {"position_encoding": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "bias": False,
+                "zero_init_projections": True, "logit_softcap": 15.0}
+
 
 def requires_shared_data() -> None:
     if not HAVE_SHARED_DATA:

@@ -4,10 +4,13 @@ truth about the tokens, their probabilities and their attention."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import MODERN_BLOCK
 from scratchgpt.explore.trace import ATTENTION_SCALE, TOP_CANDIDATES, keeping_attention, score, trace_continuation
 from scratchgpt.generate import Sampling, stream
 from scratchgpt.model import GPT, GPTConfig, SelfAttention
@@ -16,10 +19,15 @@ from scratchgpt.encodings import get_encoding
 CONFIG = GPTConfig(vocab_size=50257, num_heads=2, embed_dim=32, attention_dim=32, num_blocks=2, context_length=64, dropout_rate=0.0)
 
 
-@pytest.fixture(scope="module")
-def model() -> GPT:
+@pytest.fixture(scope="module", params=[{}, MODERN_BLOCK], ids=["article", "modern"])
+def model(request) -> GPT:
     torch.manual_seed(0)
-    return GPT(CONFIG).eval()
+    model = GPT(dataclasses.replace(CONFIG, **request.param)).eval()
+    if request.param:
+        with torch.no_grad():  # its projections start at zero: weights as after some training, every block at work
+            for parameter in model.parameters():
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    return model
 
 
 @pytest.mark.parametrize("new, seen", [(7, 7), (1, 7)])  # the whole sequence (causal), one cached step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import subprocess
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 from conftest import ROOT
+from scratchgpt.model import GPTConfig
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import frontier  # noqa: E402
@@ -34,6 +36,15 @@ def test_collect_keeps_sweep_experiments_and_turns_steps_into_minutes():
     assert [row["name"] for row in rows] == ["short-6x192", "default-6x192"]
     assert rows[0]["minutes"] == 3.6 and rows[0]["tokens"] == 432 * 2048 and rows[0]["budget"] == "short"
     assert rows[0]["recipe"] == "6 x 192, 32k vocab"
+
+
+def test_a_block_option_is_its_own_recipe_and_old_step_times_are_the_articles_block():
+    recipe = SHAPE | {"batch_size": 8, "vocab_size": 32768, "optimizer": "adamw"}
+    old, modern = frontier.recipe_key(recipe), frontier.recipe_key(recipe | {"position_encoding": "rope"})
+    assert old != modern  # the modern block's step time never stands in for the article's
+    assert old == frontier.recipe_key(recipe | {"norm": "layernorm", "logit_softcap": None})  # defaults spelled out
+    defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
+    assert frontier.BLOCK_KEYS == {key: defaults[key] for key in frontier.BLOCK_KEYS}
 
 
 def test_collect_refuses_a_recipe_whose_step_time_was_not_measured():

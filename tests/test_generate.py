@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import MODERN_BLOCK, ROOT
 from scratchgpt.generate import Sampling, generate, next_token, stream
 from scratchgpt.model import GPT
 
@@ -32,6 +32,19 @@ def article_generate(model, context, max_new_tokens, context_length):
 
 
 def test_greedy_matches_the_article_token_for_token_past_the_context(model):
+    context = torch.tensor([[1, 2, 3]])
+    ours = generate(model=model, context=context, max_new_tokens=20, context_length=8)
+    assert torch.equal(ours, article_generate(model, context, 20, 8))
+
+
+def test_the_modern_block_matches_the_article_past_the_context_too():
+    """RoPE turns the keys it caches at their positions; past the context the window is run again
+    from position 0, as the article's loop runs it."""
+    torch.manual_seed(0)
+    model = GPT(**TINY, **MODERN_BLOCK).eval()
+    with torch.no_grad():  # its projections start at zero: weights as after some training
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)
     context = torch.tensor([[1, 2, 3]])
     ours = generate(model=model, context=context, max_new_tokens=20, context_length=8)
     assert torch.equal(ours, article_generate(model, context, 20, 8))

@@ -3,9 +3,12 @@ where an uninterrupted run would."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+from conftest import MODERN_BLOCK
 from scratchgpt import train as training
 from scratchgpt.model import GPT
 from scratchgpt.optimizers import MuonWithAdamW, make_optimizer, muon_parameters
@@ -32,6 +35,29 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert len(every) == len(list(model.parameters())) == len({id(p) for p in every})  # each tensor once
 
 
+def test_with_the_modern_block_muon_takes_the_same_matrices_and_adamw_has_no_vectors_left():
+    model = GPT(**TINY, **MODERN_BLOCK)  # no biases, no norm gains, no position table
+    muon_group, decayed, plain = make_optimizer(model, settings(optimizer="muon")).param_groups
+    assert names_of(model, muon_group["params"]) == {
+        f"blocks.0.{name}.weight" for name in ("attention.qkv", "attention.out", "feed_forward.up", "feed_forward.down")
+    }
+    assert names_of(model, decayed["params"]) == {"token_embedding.weight", "lm_head.weight"}
+    assert plain["params"] == []  # an empty group, kept so that every run's optimizer has the same layout
+    decayed, plain = make_optimizer(model, settings(optimizer="adamw")).param_groups
+    assert len(decayed["params"]) == len(list(model.parameters())) and plain["params"] == []
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_modern_block_trains(tmp_path, optimizer):
+    torch.manual_seed(0)
+    model = GPT(**TINY, **MODERN_BLOCK)
+    result = training.train(model, windows(tmp_path, "train"), windows(tmp_path, "val", seed=1),
+                            settings(optimizer=optimizer, max_steps=6), "train")
+    losses = [row["train_loss"] for row in result.history if "train_loss" in row]
+    assert len(losses) == 6 and all(0 < loss < 2 * math.log(64) for loss in losses)
+    assert model.blocks[0].attention.out.weight.any()  # the zero-initialised projections moved
+
+
 def test_adamw_alone_updates_every_tensor():
     model = GPT(**TINY)
     optimizer = make_optimizer(model, settings(optimizer="adamw"))
@@ -56,13 +82,14 @@ def test_the_schedule_scales_each_group_from_its_own_peak(tmp_path, monkeypatch)
     assert seen[-1][1] == pytest.approx(1.0e-4)  # the cosine ends at min_lr
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_a_run_stopped_after_a_saved_state_resumes_to_the_same_weights(tmp_path, monkeypatch, optimizer):
+@pytest.mark.parametrize("optimizer, block", [("adamw", {}), ("muon", {}), ("muon", MODERN_BLOCK)],
+                         ids=["adamw", "muon", "muon-modern"])
+def test_a_run_stopped_after_a_saved_state_resumes_to_the_same_weights(tmp_path, monkeypatch, optimizer, block):
     step = training.optimizer_step
 
     def run(state_dir, crash_after: int | None = None) -> tuple[training.TrainResult, dict[str, torch.Tensor]]:
         torch.manual_seed(0)
-        model = GPT(**TINY)
+        model = GPT(**TINY, **block)
         calls = []
 
         def crashing(*args, **kwargs):

@@ -82,6 +82,14 @@ def test_yaml_1_2_floats_are_numbers(tmp_path):
         ({"train": {"beta1": 1.0}}, r"train.beta1 = 1.0: must be in \[0, 1\)"),
         ({"finetune": {"beta2": -0.1}}, r"finetune.beta2 = -0.1: must be in \[0, 1\)"),
         ({"model": {"tie_embeddings": "yes"}}, r"model.tie_embeddings = 'yes': must be true or false"),
+        ({"model": {"logit_softcap": 0.0}}, r"model.logit_softcap = 0.0: must be > 0"),
+        ({"model": {"logit_softcap": -15.0}}, r"model.logit_softcap = -15.0: must be > 0"),
+        ({"model": {"norm": "batchnorm"}}, r"model.norm = 'batchnorm': must be one of layernorm, rmsnorm"),
+        ({"model": {"position_encoding": "alibi"}}, r"model.position_encoding = 'alibi': must be one of learned, rope"),
+        ({"model": {"activation": "swiglu"}}, r"model.activation = 'swiglu': must be one of gelu, gelu_tanh, relu2"),
+        ({"model": {"qk_norm": "yes"}}, r"model.qk_norm = 'yes': must be true or false"),
+        ({"model": {"position_encoding": "rope", "num_heads": 64}},
+         r"model.position_encoding = 'rope': needs an even head size, not model.attention_dim / num_heads = 3"),
         ({"train": {"max_lr": None, "learning_rate": 1.0e-5, "min_lr": 1.0e-4}},
          r"train.min_lr = 0.0001: must be <= train.learning_rate = 1e-05"),
         ({"train": {"processes": 3, "batch_size": 4}},
@@ -117,3 +125,31 @@ def test_a_stage_gets_only_the_sections_it_declares(monkeypatch):
     assert loaded.tokenize.encoding == "gpt2"
     with pytest.raises(AttributeError):
         loaded.train  # noqa: B018 - an undeclared section is not there to read
+
+
+def test_the_model_section_offers_exactly_the_models_options(tmp_path):
+    """params.yaml's `model` keys are GPTConfig's (but the tokenizer's vocab_size), with the same
+    choices; the modern block's values build a model."""
+    import dataclasses
+    import typing
+
+    from conftest import MODERN_BLOCK
+    from scratchgpt import model
+
+    assert [f.name for f in dataclasses.fields(params.ModelParams)] == [
+        f.name for f in dataclasses.fields(model.GPTConfig) if f.name != "vocab_size"]
+    assert typing.get_args(params.Activation) == tuple(model.ACTIVATIONS)
+    assert typing.get_args(params.Norm) == tuple(model.NORMS)
+    assert typing.get_args(params.PositionEncoding) == model.POSITION_ENCODINGS
+    modern = load_sections(["model"], write(tmp_path, {"model": MODERN_BLOCK})).model
+    config = model.GPTConfig(vocab_size=100, **dataclasses.asdict(modern))
+    assert {key: getattr(config, key) for key in MODERN_BLOCK} == MODERN_BLOCK
+
+
+def test_the_recipes_one_line_turns_on_the_whole_modern_block_and_nothing_else():
+    from conftest import MODERN_BLOCK
+
+    section = (ROOT / "docs/recipe.md").read_text().split("## The modern block")[1].split("\n## ")[0]
+    (line,) = [line for line in section.splitlines() if line.startswith("dvc exp run")]
+    settings = dict(flag.split("=", 1) for flag in line.split(" -S ")[1:])
+    assert {key.removeprefix("model."): yaml.safe_load(value) for key, value in settings.items()} == MODERN_BLOCK

@@ -194,3 +194,32 @@ def test_a_trained_tokenizer_and_muon_end_to_end(project):
     generated = run([sys.executable, "-c", "from scratchgpt.cli import main; main()", "generate", "--model",
                      "models/finetuned/coldplay", "--max-new-tokens", "5", "--seed", "1", "Lights go out"], project)
     assert generated.stdout.startswith("Lights go out") and len(generated.stdout) > len("Lights go out\n")
+
+
+@pytest.mark.e2e
+def test_the_modern_block_end_to_end(project):
+    """Every part of the modern block on, and Muon: the tiny pipeline trains, fine-tunes, evaluates
+    and samples, and `scratchgpt explore` traces and scores text with the models it made."""
+    import json
+
+    from conftest import MODERN_BLOCK, tiny_params
+    from scratchgpt.explore.server import Explorer, load
+
+    params = tiny_params(model=MODERN_BLOCK, train={"optimizer": "muon"}, finetune={"optimizer": "muon"})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([*DVC, "repro"], project)
+    config = json.loads((project / "models/pretrained/config.json").read_text())["model"]
+    assert config.items() >= MODERN_BLOCK.items()
+    saved = load_file(project / "models/finetuned/model.safetensors")
+    assert not any("position" in name or "bias" in name for name in saved)
+    scores = json.loads((project / "metrics/evaluate.json").read_text())
+    assert 0 < scores["finetuned"]["lyrics_val"]["bits_per_byte"] < 20
+    assert "I want something" in (project / "metrics/samples.md").read_text()
+    explorer = Explorer(load(project / "models/finetuned", "cpu"), load(project / "models/pretrained", "cpu"))
+    form = {"prompt": "Lights go out", "temperature": "0.8", "top_k": "50", "top_p": "0.95",
+            "repetition_penalty": "1.0", "min_p": "0.0", "max_new_tokens": "6", "seed": "1"}
+    events = list(explorer.events(explorer.parse(form)))
+    assert [event["type"] for event in events] == ["start"] + ["token"] * 6 + ["compare", "end"]
+    compared = events[-2]["tokens"]
+    assert len(compared) == len(events[0]["tokens"]) + 6
+    assert all(0 < token["probability"] <= 1 for token in compared[1:])

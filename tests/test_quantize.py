@@ -3,10 +3,13 @@ where the kernel cannot run."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from conftest import MODERN_BLOCK
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.generate import generate
 from scratchgpt.model import GPT
@@ -51,6 +54,25 @@ def test_one_row_or_many_both_paths_compute_the_same_product(rows):
         quantized = torch.nn.functional.linear(x, Int8Weight(weight, bf16_units), bias)
         assert quantized.dtype == torch.float32 and quantized.shape == exact.shape
         assert (quantized - exact).abs().max() < 0.02 * exact.abs().max()
+
+
+def test_the_modern_block_without_biases_quantizes_the_same_linears_and_generates_past_its_context():
+    fresh = quantize(small_model(**MODERN_BLOCK), "int8", "--quantize")  # its zero projections too
+    linears = [module for module in fresh.modules() if isinstance(module, nn.Linear)]
+    assert len(linears) == 2 * 4 + 1 and all(isinstance(linear.weight, Int8Weight) for linear in linears)
+    assert all(linear.bias is None for linear in linears)
+    tokens = torch.randint(0, SMALL["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert fresh(tokens).isfinite().all()
+    full = small_model(**MODERN_BLOCK)
+    with torch.no_grad():  # weights as after some training: every block at work
+        for parameter in full.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)) * 0.05)
+    quantized = quantize(copy.deepcopy(full), "int8", "--quantize")
+    with torch.no_grad():
+        reference, logits = full(tokens), quantized(tokens)
+    assert 0 < (logits - reference).abs().max() < 0.03 * reference.abs().max()
+    assert generate(quantized, torch.tensor([[1, 2]]), 40, 32).shape == (1, 42)  # the window slides past 32
 
 
 def test_none_leaves_the_model_as_it_is():

@@ -106,3 +106,33 @@ def test_weights_that_do_not_fit_the_config_name_the_tensors_and_shapes(model_fo
     message = str(error.value)
     assert message.endswith("weights do not fit " + str(model_folder / "config.json")
                             + ": position_embedding.weight is (8, 16), the config makes (4, 16)"), message
+
+
+def test_a_modern_block_round_trips_and_saves_no_more_tensors_than_it_learns(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from conftest import MODERN_BLOCK
+
+    model = GPT(**TINY, **MODERN_BLOCK).eval()
+    save_model(model, train_bpe(TEXT, 300), tmp_path / "model")
+    assert json.loads((tmp_path / "model/config.json").read_text())["model"].items() >= MODERN_BLOCK.items()
+    assert set(load_file(tmp_path / "model/model.safetensors")) == {name for name, _ in model.named_parameters()}
+    loaded, _ = load_model(tmp_path / "model")
+    tokens = torch.randint(0, 300, (1, 8))
+    assert loaded.config == model.config and torch.equal(loaded(tokens), model(tokens))
+
+
+def test_a_config_from_before_the_modern_block_loads_as_the_articles_block(model_folder):
+    import dataclasses
+
+    from scratchgpt.model import GPTConfig
+
+    new_keys = ("position_encoding", "norm", "qk_norm", "bias", "zero_init_projections", "logit_softcap")
+    damage_config(model_folder, lambda c: json.dumps(
+        {**c, "model": {key: value for key, value in c["model"].items() if key not in new_keys}}))
+    model, _ = load_model(model_folder)
+    defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig) if f.name in new_keys}
+    assert {key: getattr(model.config, key) for key in new_keys} == defaults
+    assert defaults == {"position_encoding": "learned", "norm": "layernorm", "qk_norm": False, "bias": True,
+                        "zero_init_projections": False, "logit_softcap": None}

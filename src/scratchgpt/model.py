@@ -7,6 +7,12 @@ input), and a final LayerNorm and the LM head turn them into next-token logits.
 Compared with the article's one-module-per-head attention, every head's queries, keys and
 values come from one fused projection, and PyTorch's `scaled_dot_product_attention` does the
 masked softmax(QK^T / sqrt(d)) V of all heads at once: the same maths, several times faster.
+
+Beside the article's block, GPTConfig offers, one option each, the parts of the block that the
+records for training small GPTs fast use (modded-nanogpt's speedrun, nanochat): rotary position
+encoding (RoPE) instead of the position table, RMSNorm without gains, QK-norm, ReLU^2, no
+biases, output projections that start at zero, and a soft cap on the logits. The defaults are
+the article's block.
 """
 
 from __future__ import annotations
@@ -27,7 +33,22 @@ MAX_VOCAB_SIZE = 1 << 20  # far above any tiktoken encoding (o200k: 200,019); ca
 ACTIVATIONS = {
     "gelu": F.gelu,
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu2": lambda x: F.relu(x).square(),  # ReLU squared (So et al. 2021, "Primer"), the speedrun records'
 }
+
+# The blocks' normalisation and the final one. `layernorm` is the article's: centre each vector,
+# scale it to unit variance, then apply a learned gain and bias per feature. `rmsnorm` only divides
+# by the root mean square, with nothing to learn (the speedrun records', nanochat's).
+NORMS = {
+    "layernorm": nn.LayerNorm,
+    "rmsnorm": lambda width: nn.RMSNorm(width, elementwise_affine=False),
+}
+
+# How the model knows where each token is: `learned`, the article's table of one vector per
+# position, added to the token embeddings; or `rope`, rotary embeddings (Su et al. 2021), which
+# turn each head's queries and keys by angles that grow with the position (see `rotate`).
+POSITION_ENCODINGS = ("learned", "rope")
+ROPE_BASE = 10_000  # per position, the first pair of dimensions turns 1 radian, the last nearly 1 / ROPE_BASE
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,13 @@ class GPTConfig:
     tie_embeddings: bool = False  # the LM head reuses the token embedding matrix (GPT-2, nanoGPT)
     activation: str = "gelu"  # the feed-forward's nonlinearity: one of ACTIVATIONS
     qkv_bias: bool = False  # biases on the query, key and value projection (GPT-2 has them)
+    # The modern block's parts (see the module's docstring); the defaults are the article's block.
+    position_encoding: str = "learned"  # one of POSITION_ENCODINGS
+    norm: str = "layernorm"  # the blocks' and the final normalisation: one of NORMS
+    qk_norm: bool = False  # each head's queries and keys RMS-normalised before attention
+    bias: bool = True  # biases on attention's output projection and the feed-forward's linears
+    zero_init_projections: bool = False  # attention.out and feed_forward.down start at zero
+    logit_softcap: float | None = None  # logits = cap * tanh(logits / cap); None: no cap
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -58,15 +86,26 @@ class GPTConfig:
                 raise ValueError(f"{f.name} = {value!r}: must be a whole number > 0")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate = {self.dropout_rate!r}: must be in [0, 1)")
-        for name in ("tie_embeddings", "qkv_bias"):
+        for name in ("tie_embeddings", "qkv_bias", "qk_norm", "bias", "zero_init_projections"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} = {getattr(self, name)!r}: must be true or false")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation = {self.activation!r}: must be one of {', '.join(ACTIVATIONS)}")
+        for name, choices in (("activation", ACTIVATIONS), ("norm", NORMS), ("position_encoding", POSITION_ENCODINGS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} = {getattr(self, name)!r}: must be one of {', '.join(choices)}")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf):
+            raise ValueError(f"logit_softcap = {cap!r}: must be a number > 0, or None for no cap")
         if self.vocab_size > MAX_VOCAB_SIZE:
             raise ValueError(f"vocab_size = {self.vocab_size}: must be at most {MAX_VOCAB_SIZE:,}")
         if self.attention_dim % self.num_heads:
             raise ValueError(f"num_heads = {self.num_heads}: must divide attention_dim = {self.attention_dim}")
+        if self.position_encoding == "rope" and self.head_dim % 2:
+            raise ValueError(f"position_encoding = 'rope': needs an even head size, not attention_dim / num_heads = "
+                             f"{self.head_dim} (RoPE turns pairs of dimensions)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.attention_dim // self.num_heads
 
     @property
     def padded_vocab_size(self) -> int:
@@ -138,24 +177,56 @@ class SelfAttention(nn.Module):
         )
 
 
+def rotary_angles(context_length: int, head_dim: int) -> torch.Tensor:
+    """The cos and sin of the angles RoPE turns queries and keys by, for every position of the
+    context: (2, context_length, head_dim / 2). Pair i of position p turns by
+    p * ROPE_BASE^(-2i / head_dim) radians: the first pairs fast, the last ones slowly, so that
+    both near and far distances are told apart."""
+    frequencies = ROPE_BASE ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (head_dim / 2,)
+    angles = torch.arange(context_length, dtype=torch.float32)[:, None] * frequencies  # (context_length, head_dim / 2)
+    return torch.stack([angles.cos(), angles.sin()])
+
+
+def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """`x` (batch, heads, length, head_dim) with each pair of dimensions (i, i + head_dim / 2)
+    turned by its position's angle; `rotation` is `rotary_angles` at those positions.
+
+    The dot product of a query turned for position p and a key turned for position q depends
+    on p - q alone: attention sees how far apart two tokens are, not where they are.
+    """
+    cos, sin = rotation  # each (length, head_dim / 2)
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1).type_as(x)
+
+
 class MultiHeadAttention(nn.Module):
     """Several attention heads in parallel, each on its own slice of the attention width."""
 
-    def __init__(self, num_heads: int, embed_dim: int, attention_dim: int, dropout_rate: float, qkv_bias: bool = False):
+    def __init__(
+        self, num_heads: int, embed_dim: int, attention_dim: int, dropout_rate: float, qkv_bias: bool = False,
+        bias: bool = True, qk_norm: bool = False,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = attention_dim // num_heads
         self.qkv = nn.Linear(embed_dim, 3 * attention_dim, bias=qkv_bias)  # all heads' Q, K, V at once
+        self.qk_norm = qk_norm
         self.attention = SelfAttention(dropout_rate)
-        self.out = nn.Linear(attention_dim, embed_dim)  # concatenated heads back to the residual width
+        self.out = nn.Linear(attention_dim, embed_dim, bias=bias)  # concatenated heads back to the residual width
         self.dropout = nn.Dropout(dropout_rate)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch, length, _ = x.shape  # x: (batch, length, embed_dim)
         # (batch, length, 3 * attention_dim) -> three of (batch, heads, length, head_dim)
         queries, keys, values = (
             self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         )
+        if self.qk_norm:  # unit RMS: the attention scores stay bounded however large the weights grow
+            queries, keys = F.rms_norm(queries, (self.head_dim,)), F.rms_norm(keys, (self.head_dim,))
+        if rotation is not None:  # RoPE: the positions enter here, and new keys are cached turned
+            queries, keys = rotate(queries, rotation), rotate(keys, rotation)
         if cache is not None:
             keys, values = cache.append(keys, values)
         heads = self.attention(queries, keys, values)
@@ -166,11 +237,11 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     """Per-position MLP: up-projection to 4x the width, GELU (or `activation`), down-projection."""
 
-    def __init__(self, embed_dim: int, dropout_rate: float, activation: str = "gelu"):
+    def __init__(self, embed_dim: int, dropout_rate: float, activation: str = "gelu", bias: bool = True):
         super().__init__()
-        self.up = nn.Linear(embed_dim, 4 * embed_dim)
+        self.up = nn.Linear(embed_dim, 4 * embed_dim, bias=bias)
         self.activation = ACTIVATIONS[activation]
-        self.down = nn.Linear(4 * embed_dim, embed_dim)
+        self.down = nn.Linear(4 * embed_dim, embed_dim, bias=bias)
         self.dropout = nn.Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,16 +253,19 @@ class Decoder(nn.Module):
 
     def __init__(
         self, num_heads: int, embed_dim: int, attention_dim: int, dropout_rate: float,
-        activation: str = "gelu", qkv_bias: bool = False,
+        activation: str = "gelu", qkv_bias: bool = False, bias: bool = True, norm: str = "layernorm",
+        qk_norm: bool = False,
     ):
         super().__init__()
-        self.attention_norm = nn.LayerNorm(embed_dim)
-        self.attention = MultiHeadAttention(num_heads, embed_dim, attention_dim, dropout_rate, qkv_bias)
-        self.feed_forward_norm = nn.LayerNorm(embed_dim)
-        self.feed_forward = FeedForward(embed_dim, dropout_rate, activation)
+        self.attention_norm = NORMS[norm](embed_dim)
+        self.attention = MultiHeadAttention(num_heads, embed_dim, attention_dim, dropout_rate, qkv_bias, bias, qk_norm)
+        self.feed_forward_norm = NORMS[norm](embed_dim)
+        self.feed_forward = FeedForward(embed_dim, dropout_rate, activation, bias)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cache)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, rotation: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cache, rotation)
         return x + self.feed_forward(self.feed_forward_norm(x))
 
 
@@ -204,25 +278,35 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig | None = None, **settings: Any):
         super().__init__()
         self.config = config = config or GPTConfig(**settings)
+        rope = config.position_encoding == "rope"
         self.token_embedding = nn.Embedding(config.padded_vocab_size, config.embed_dim)
-        self.position_embedding = nn.Embedding(config.context_length, config.embed_dim)
+        # With RoPE there is no table of positions: attention turns queries and keys instead, by
+        # angles computed once (a buffer, not saved with the weights: persistent=False).
+        self.position_embedding = None if rope else nn.Embedding(config.context_length, config.embed_dim)
+        self.register_buffer(
+            "rotary", rotary_angles(config.context_length, config.head_dim) if rope else None, persistent=False
+        )
         self.dropout = nn.Dropout(config.dropout_rate)
         self.blocks = nn.ModuleList(
             Decoder(
                 config.num_heads, config.embed_dim, config.attention_dim, config.dropout_rate,
-                config.activation, config.qkv_bias,
+                config.activation, config.qkv_bias, config.bias, config.norm, config.qk_norm,
             )
             for _ in range(config.num_blocks)
         )
-        self.final_norm = nn.LayerNorm(config.embed_dim)
+        self.final_norm = NORMS[config.norm](config.embed_dim)
         # Tied: scoring a token reuses the vector that embeds it, so there is no second matrix.
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.embed_dim, config.padded_vocab_size, bias=False)
         self.apply(self._init_weights)
-        # GPT-2's scaling: each block adds two projections to the residual stream, so shrink them
-        # to keep its variance from growing with depth.
+        # Each block adds two projections to the residual stream. GPT-2 shrinks them, to keep the
+        # stream's variance from growing with depth; zero makes every block start as the identity,
+        # adding nothing until it learns to (the speedrun records').
         for name, parameter in self.named_parameters():
             if name.endswith(("attention.out.weight", "feed_forward.down.weight")):
-                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.num_blocks))
+                if config.zero_init_projections:
+                    nn.init.zeros_(parameter)
+                else:
+                    nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.num_blocks))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -255,17 +339,30 @@ class GPT(nn.Module):
         length = token_ids.size(1)
         if start + length > self.config.context_length:
             raise ValueError(f"{start + length} tokens exceed the context length {self.config.context_length}")
-        positions = torch.arange(start, start + length, device=token_ids.device)
-        x = self.dropout(self.token_embedding(token_ids) + self.position_embedding(positions))
+        x = self.token_embedding(token_ids)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(torch.arange(start, start + length, device=token_ids.device))
+        rotation = None if self.rotary is None else self.rotary[:, start : start + length]  # (2, length, head_dim / 2)
+        x = self.dropout(x)
         for index, block in enumerate(self.blocks):
-            x = block(x, caches[index] if caches else None)
+            x = block(x, caches[index] if caches else None, rotation)
         x = self.final_norm(x)  # (batch, length, embed_dim)
+        cap = self.config.logit_softcap
         if targets is None:
-            return F.linear(x, self.output_weight)[..., : self.config.vocab_size]
+            return soft_cap(F.linear(x, self.output_weight)[..., : self.config.vocab_size], cap)
         if x.device.type == "cpu":
-            return chunked_cross_entropy(x.flatten(0, 1), self.output_weight, targets.flatten(), self.config.vocab_size)
-        logits = F.linear(x, self.output_weight)[..., : self.config.vocab_size]
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            return chunked_cross_entropy(
+                x.flatten(0, 1), self.output_weight, targets.flatten(), self.config.vocab_size, cap
+            )
+        logits = F.linear(x, self.output_weight)[..., : self.config.vocab_size].float()
+        return F.cross_entropy(soft_cap(logits, cap).flatten(0, 1), targets.flatten())
+
+
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """`cap * tanh(logits / cap)`: nearly the logits where they are small, never beyond +-cap, so
+    no logit can grow without bound to make a prediction certain (Gemma 2, the speedrun records).
+    `cap` None: the logits as they are."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 # Positions per slice of `chunked_cross_entropy`: 2,048 x 50,304 fp32 logits = 412 MB. Larger
@@ -274,9 +371,10 @@ LOSS_SLICE = 2048
 
 
 def chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, softcap: float | None = None
 ) -> torch.Tensor:
-    """Mean cross-entropy of the logits `hidden @ weight.T`, without ever holding all of them.
+    """Mean cross-entropy of the logits `soft_cap(hidden @ weight.T, softcap)`, without ever
+    holding all of them.
 
     A batch's logits are huge (32 x 256 positions x 50,304 ids = 1.6 GB in fp32), and a CPU
     spends more time moving them through memory than multiplying. This computes the loss a
@@ -288,15 +386,17 @@ def chunked_cross_entropy(
     # Inside an autograd Function, grad mode is always off and needs_input_grad ignores
     # torch.no_grad(): whether gradients are wanted is decided here, where it is known.
     with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size, with_grads) / len(targets)
+    return _ChunkedCrossEntropy.apply(hidden, weight, targets, vocab_size, softcap, with_grads) / len(targets)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T`, with its gradients computed in the forward pass."""
+    """Summed cross-entropy of `soft_cap(hidden @ weight.T, softcap)`, with its gradients computed
+    in the forward pass."""
 
     @staticmethod
     def forward(
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, compute_grads: bool
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+        softcap: float | None, compute_grads: bool,
     ) -> torch.Tensor:
         # Under bf16 autocast the products run in bf16 (as nn.Linear's would); sums stay fp32.
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else weight.dtype
@@ -310,13 +410,19 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 rows = slice(start, start + LOSS_SLICE)
                 hidden_c, target = hidden[rows].to(dtype), targets[rows]
                 logits = (hidden_c @ weight_c.T).to(exact)  # (slice, padded_vocab_size)
-                logits[:, vocab_size:] = -math.inf  # padding ids get probability 0
+                if softcap is not None:  # z = c tanh(l / c), in place
+                    logits.div_(softcap).tanh_()
+                    slope = 1 - logits.square() if compute_grads else None  # dz/dl = 1 - tanh(l / c)^2
+                    logits.mul_(softcap)
+                logits[:, vocab_size:] = -math.inf  # padding ids get probability 0 (after the cap: not -c)
                 log_normalizer = torch.logsumexp(logits, dim=1)  # (slice,)
                 total += (log_normalizer - logits.gather(1, target[:, None]).squeeze(1)).sum()
                 if compute_grads:
                     # d(loss)/d(logits) = softmax(logits) - one_hot(target), built in place
                     grad_logits = logits.sub_(log_normalizer[:, None]).exp_()
                     grad_logits[torch.arange(len(target)), target] -= 1
+                    if softcap is not None:  # the chain rule through the cap
+                        grad_logits *= slope
                     grad_logits = grad_logits.to(dtype)
                     grad_hidden[rows] = grad_logits @ weight_c
                     grad_weight += grad_logits.T @ hidden_c
@@ -327,4 +433,4 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_total, grad_weight * grad_total, None, None, None
+        return grad_hidden * grad_total, grad_weight * grad_total, None, None, None, None

@@ -81,7 +81,9 @@ def new_tokens_range() -> Any:
 
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
-Activation = Literal["gelu", "gelu_tanh"]  # model.ACTIVATIONS
+Activation = Literal["gelu", "gelu_tanh", "relu2"]  # model.ACTIVATIONS
+Norm = Literal["layernorm", "rmsnorm"]  # model.NORMS
+PositionEncoding = Literal["learned", "rope"]  # model.POSITION_ENCODINGS
 Optimizer = Literal["adamw", "muon"]
 Precision = Literal["auto", "fp32", "bf16"]
 Quantize = Literal["none", "int8"]
@@ -135,6 +137,12 @@ class ModelParams:
     tie_embeddings: bool
     activation: Activation
     qkv_bias: bool
+    position_encoding: PositionEncoding
+    norm: Norm
+    qk_norm: bool
+    bias: bool
+    zero_init_projections: bool
+    logit_softcap: float | None = positive()
 
     def check(self, section: str) -> None:
         if self.attention_dim % self.num_heads:
@@ -142,6 +150,14 @@ class ModelParams:
                 f"{section}.num_heads",
                 self.num_heads,
                 f"must divide {section}.attention_dim = {self.attention_dim}",
+            )
+        head_dim = self.attention_dim // self.num_heads
+        if self.position_encoding == "rope" and head_dim % 2:
+            raise bad_value(
+                f"{section}.position_encoding",
+                self.position_encoding,
+                f"needs an even head size, not {section}.attention_dim / num_heads = {head_dim} "
+                "(RoPE turns pairs of dimensions)",
             )
 
 
