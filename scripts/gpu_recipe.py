@@ -56,7 +56,7 @@ SITE = Path("/tmp/site")
 RECIPE = {
     "data": {"imdb": {"source": ".gpu/imdb"}},
     "datasets": {"coldplay": {"source": ".gpu/lyrics/coldplay.txt", "revision": None, "max_docs": None,
-                              "val_fraction": 0.4, "split_seed": 0}},
+                              "val_fraction": 0.5, "split_seed": 0}},
     "tokenize": {"vocab_size": None},  # GPT-2's tokenizer
     "model": {"num_blocks": 8, "embed_dim": 256, "attention_dim": 256, "num_heads": 8, "dropout_rate": 0.1},
     "train": {

@@ -23,7 +23,7 @@ def test_project_params_are_valid():
     loaded = load_sections(ALL, ROOT / "params.yaml")
     assert loaded.train.peak_lr == 2.0e-3 and loaded.model.num_heads == 6
     assert loaded.sample.prompts[0] == "I want something"
-    assert list(loaded.datasets) == ["coldplay", "nirvana"] and loaded.datasets["nirvana"].val_fraction == 0.4
+    assert list(loaded.datasets) == ["coldplay", "nirvana"] and loaded.datasets["nirvana"].val_fraction == 0.5
 
 
 def test_yaml_1_2_floats_are_numbers(tmp_path):
