@@ -2,6 +2,7 @@
 
     scratchgpt generate --model models/finetuned "lights go out"
     scratchgpt explore --model models/finetuned --compare models/pretrained
+    scratchgpt export --model models/finetuned exported/
 
 The pipeline itself runs through DVC (`dvc repro`); this command is for using its models.
 """
@@ -21,6 +22,7 @@ from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
 from scratchgpt.explore.server import serve
 from scratchgpt.generate import Sampling, stream, text_to_token_ids
+from scratchgpt.gpt2_weights import export
 from scratchgpt.params import MAX_NEW_TOKENS, SampleParams, parse_flag
 from scratchgpt.quantize import quantize
 from scratchgpt.stage import remove_stale_states
@@ -95,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     explore.add_argument("--port", default=8765, type=int, help="0 picks a free one (default: %(default)s)")
     explore.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
     explore.add_argument("--quantize", default="none", help=QUANTIZE_HELP)
+    exporter = commands.add_parser(
+        "export",
+        help="write a model as a folder that Hugging Face transformers reads",
+        description="Write the model to the new folder OUT in GPT-2's layout, which transformers' "
+        "AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) read, and which "
+        "`hf upload` puts on the Hugging Face Hub (docs/models.md).",
+    )
+    exporter.add_argument("out", metavar="OUT", help="the folder to write; it must not exist")
+    exporter.add_argument("--model", default="models/finetuned", help="model folder (default: %(default)s)")
     return parser
 
 
@@ -139,7 +150,13 @@ def explore_command(args: argparse.Namespace) -> None:
     serve(args.model, args.compare, args.host, args.port, device, quantization)
 
 
-COMMANDS = {"generate": generate_command, "explore": explore_command}
+def export_command(args: argparse.Namespace) -> None:
+    export(args.model, args.out)
+    print(f"wrote {args.out}: AutoModelForCausalLM.from_pretrained({args.out!r}) and "
+          f"AutoTokenizer.from_pretrained({args.out!r}) read it")
+
+
+COMMANDS = {"generate": generate_command, "explore": explore_command, "export": export_command}
 
 
 def main(argv: list[str] | None = None) -> None:
