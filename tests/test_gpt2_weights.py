@@ -310,3 +310,27 @@ def test_tokens_of_another_tokenizer_say_how_to_get_gpt2s(tmp_path):
     assert str(error.value) == (f"{tmp_path / 'imdb'}: tokens are 'bpe32768-0123456789ab' but train.init_from (GPT-2's "
                                 "weights) reads 'gpt2'; set tokenize.vocab_size: null and tokenize.encoding: gpt2 in "
                                 "params.yaml, and run the tokenize stage again")
+
+
+@pytest.mark.e2e
+def test_pretrain_and_finetune_start_from_gpt2_weights(project, tiny_gpt2):
+    """train.init_from and finetune.init_from through `dvc repro`: at a learning rate of 1e-6 both
+    models end where the checkpoint began (random weights would be ~0.3 away). Pretraining takes
+    the shorter context of params' model section; fine-tuning, which reads no model section, the
+    checkpoint's."""
+    import yaml
+
+    from conftest import DVC, run, tiny_params
+
+    folder, _ = tiny_gpt2
+    shape = {"num_heads": 2, "embed_dim": 32, "attention_dim": 32, "num_blocks": 2, "context_length": 32,
+             "tie_embeddings": True, "activation": "gelu_tanh", "qkv_bias": True}
+    slow = {"init_from": str(folder), "learning_rate": 1.0e-6, "min_lr": 0.0}
+    params = tiny_params(model=shape, train=slow, finetune=slow)  # tokenize: GPT-2's encoding
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([*DVC, "repro", "finetune"], project)
+    start = load_file(folder / "model.safetensors")["transformer.h.1.attn.c_attn.weight"].T
+    for name, context in (("pretrained", 32), ("finetuned", 64)):
+        weights = load_file(project / "models" / name / "model.safetensors")
+        assert weights["position_embedding.weight"].shape == (context, 32)
+        assert (weights["blocks.1.attention.qkv.weight"] - start).abs().max() < 1e-4
