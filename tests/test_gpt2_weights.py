@@ -4,7 +4,6 @@ trained and nothing downloaded: the models are random, the GPT-2 is a tiny one b
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 from pathlib import Path

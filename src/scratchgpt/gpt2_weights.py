@@ -116,7 +116,7 @@ def to_gpt2(model: GPT) -> dict[str, torch.Tensor]:
         else:  # a bias the article's model leaves out: GPT-2's is zero
             tensor = torch.zeros(len(state[ours.removesuffix(".bias") + ".weight"]))
         if ours in _VOCAB_ROWS:
-            tensor = tensor[: model.config.vocab_size].clone()  # a copy: a view would save every row
+            tensor = tensor[: model.config.vocab_size]
         weights[gpt2] = (tensor.T if transposed else tensor).detach().cpu().contiguous()
     return weights
 
