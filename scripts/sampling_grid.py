@@ -1,6 +1,6 @@
 """The sample stage's prompts under a grid of sampling settings, to choose its defaults by reading.
 
-    python scripts/sampling_grid.py --model models/finetuned > grid.md
+    python scripts/sampling_grid.py --model models/finetuned/coldplay > grid.md
     python scripts/sampling_grid.py --model models/pretrained --temperature 0.8 --repetition-penalty 1 1.3 --min-p 0 0.1
 
 Prints a markdown table: one row per setting (temperature x repetition_penalty x min_p), one
@@ -36,7 +36,7 @@ GRID = {"temperature": ["0.7", "0.8", "1.0"], "repetition_penalty": ["1.0", "1.2
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/finetuned", help="model folder (default: %(default)s)")
+    parser.add_argument("--model", default="models/finetuned/coldplay", help="model folder (default: %(default)s)")
     for name, values in GRID.items():
         parser.add_argument(flag_name(name), nargs="+", default=values, help=f"values to try (default: {' '.join(values)})")
     args = parser.parse_args()

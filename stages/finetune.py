@@ -4,6 +4,7 @@ from pathlib import Path
 
 from scratchgpt import distributed, params, training_state, stage
 from scratchgpt.evaluation import token_byte_lengths
+from scratchgpt.gpt2_weights import load_gpt2, require_gpt2_tokens
 from scratchgpt.saved_model import load_model, save_model
 from scratchgpt.tokens import TokenShards, Windows
 from scratchgpt.train import train
@@ -12,9 +13,13 @@ from scratchgpt.train import train
 def main(dataset: str, pretrained: Path, tokens: Path, model_out: Path, metrics_out: Path) -> None:
     settings = params.load("finetune").finetune
     distributed.relaunch(settings.processes)
-    model, encoding = load_model(pretrained)
     train_split = TokenShards(tokens, "train")
-    train_split.require_encoding(encoding.name, pretrained)
+    if settings.init_from is None:
+        model, encoding = load_model(pretrained)
+        train_split.require_encoding(encoding.name, pretrained)
+    else:  # GPT-2's weights instead of the pretrained model's
+        require_gpt2_tokens(train_split, "finetune.init_from")
+        model, encoding = load_gpt2(settings.init_from, "finetune.init_from")
     context = model.config.context_length
     state = training_state.state_folder(f"finetune@{dataset}")
     result = train(

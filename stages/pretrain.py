@@ -7,6 +7,7 @@ import torch
 
 from scratchgpt import distributed, params, training_state, stage
 from scratchgpt.evaluation import token_byte_lengths
+from scratchgpt.gpt2_weights import load_gpt2, require_gpt2_tokens
 from scratchgpt.saved_model import save_model
 from scratchgpt.model import GPT, GPTConfig
 from scratchgpt.tokens import TokenShards, Windows
@@ -19,9 +20,13 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
     train_split = TokenShards(tokens / "imdb", "train")
     val_split = TokenShards(tokens / "imdb", "val")
     encoding = train_split.load_encoding()
-    config = GPTConfig(vocab_size=encoding.n_vocab, **dataclasses.asdict(settings.model))
     torch.manual_seed(settings.train.seed)  # the initial weights
-    model = GPT(config)
+    if settings.train.init_from is None:
+        model = GPT(GPTConfig(vocab_size=encoding.n_vocab, **dataclasses.asdict(settings.model)))
+    else:  # GPT-2's weights, which read GPT-2's tokens
+        require_gpt2_tokens(train_split, "train.init_from")
+        model, encoding = load_gpt2(settings.train.init_from, "train.init_from", settings.model)
+    config = model.config
     state = training_state.state_folder("pretrain")
     result = train(
         model,

@@ -215,7 +215,7 @@ def test_the_modern_block_end_to_end(project):
     scores = json.loads((project / "metrics/evaluate.json").read_text())
     assert 0 < scores["finetuned"]["lyrics_val"]["bits_per_byte"] < 20
     assert "I want something" in (project / "metrics/samples.md").read_text()
-    explorer = Explorer(load(project / "models/finetuned", "cpu"), load(project / "models/pretrained", "cpu"))
+    explorer = Explorer(load(project / "models/finetuned/coldplay", "cpu"), load(project / "models/pretrained", "cpu"))
     form = {"prompt": "Lights go out", "temperature": "0.8", "top_k": "50", "top_p": "0.95",
             "repetition_penalty": "1.0", "min_p": "0.0", "max_new_tokens": "6", "seed": "1"}
     events = list(explorer.events(explorer.parse(form)))

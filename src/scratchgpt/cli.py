@@ -1,7 +1,8 @@
 """The `scratchgpt` command: talk to a trained model.
 
-    scratchgpt generate --model models/finetuned "lights go out"
-    scratchgpt explore --model models/finetuned --compare models/pretrained
+    scratchgpt generate --model models/finetuned/coldplay "lights go out"
+    scratchgpt explore --model models/finetuned/coldplay --compare models/pretrained
+    scratchgpt export --model models/finetuned/coldplay exported/
 
 The pipeline itself runs through DVC (`dvc repro`); this command is for using its models.
 """
@@ -21,11 +22,14 @@ from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
 from scratchgpt.explore.server import serve
 from scratchgpt.generate import Sampling, stream, text_to_token_ids
+from scratchgpt.gpt2_weights import export
 from scratchgpt.params import MAX_NEW_TOKENS, SampleParams, parse_flag
 from scratchgpt.quantize import quantize
 from scratchgpt.stage import remove_stale_states
 
 # Flags that mirror a `sample` key of params.yaml: read and checked by the same rules.
+DEFAULT_MODEL = "models/finetuned/coldplay"  # what `dvc repro` fine-tunes on the first dataset of params.yaml
+
 SAMPLE_FLAGS = {
     "max_new_tokens": "--max-new-tokens",
     "temperature": "--temperature",
@@ -64,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "The flags take what the same keys of params.yaml's `sample` section take.",
     )
     gen.add_argument("prompt", metavar="PROMPT", help="text to continue")
-    gen.add_argument("--model", default="models/finetuned", help="model folder (default: %(default)s)")
+    gen.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: %(default)s)")
     gen.add_argument(
         "--max-new-tokens", default="100",
         help=f"tokens to add, 1 to {MAX_NEW_TOKENS:,} (default: %(default)s). Up to the model's context "
@@ -89,12 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a page on this machine: type a prompt and watch the model continue it, each token "
         "coloured by its probability, with the candidates it weighed and its attention heads' weights.",
     )
-    explore.add_argument("--model", default="models/finetuned", help="model folder (default: %(default)s)")
+    explore.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: %(default)s)")
     explore.add_argument("--compare", default=None, help="a second model folder: the same text's probabilities under both")
     explore.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     explore.add_argument("--port", default=8765, type=int, help="0 picks a free one (default: %(default)s)")
     explore.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: %(default)s)")
     explore.add_argument("--quantize", default="none", help=QUANTIZE_HELP)
+    exporter = commands.add_parser(
+        "export",
+        help="write a model as a folder that Hugging Face transformers reads",
+        description="Write the model to the new folder OUT in GPT-2's layout, which transformers' "
+        "AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) read, and which "
+        "`hf upload` puts on the Hugging Face Hub (docs/models.md).",
+    )
+    exporter.add_argument("out", metavar="OUT", help="the folder to write; it must not exist")
+    exporter.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: %(default)s)")
     return parser
 
 
@@ -139,7 +152,13 @@ def explore_command(args: argparse.Namespace) -> None:
     serve(args.model, args.compare, args.host, args.port, device, quantization)
 
 
-COMMANDS = {"generate": generate_command, "explore": explore_command}
+def export_command(args: argparse.Namespace) -> None:
+    export(args.model, args.out)
+    print(f"wrote {args.out}: AutoModelForCausalLM.from_pretrained({args.out!r}) and "
+          f"AutoTokenizer.from_pretrained({args.out!r}) read it")
+
+
+COMMANDS = {"generate": generate_command, "explore": explore_command, "export": export_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,9 @@ and exports tiktoken's mergeable ranks directly, so tiktoken does all the encodi
 cleaned IMDb and lyrics training text (88 MB) it trains 32,768 ids in about 10 s on 2 cores,
 the same bytes every run; Hugging Face `tokenizers` took 32 s and needs its byte-to-unicode
 alphabet translated back (README, "Tokenizer").
+
+For a model exported to Hugging Face's format, `hugging_face_tokenizer` translates any of these
+encodings the other way, into a `tokenizer.json` that gives the same ids.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import rustbpe
 import tiktoken
 
 from scratchgpt.errors import ScratchGPTError, reason
 from scratchgpt.outputs import write_json
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 RANKS_FILE = "tokenizer.tiktoken"
 SPEC_FILE = "tokenizer.json"
@@ -108,3 +115,34 @@ def load_encoding(name: str, folder: str | Path) -> tiktoken.Encoding:
     if _name(pattern, ranks) != name:
         raise ScratchGPTError(f"{folder / RANKS_FILE}: damaged (its ranks no longer match the tokenizer {name!r})")
     return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=special_tokens)
+
+
+def hugging_face_tokenizer(encoding: tiktoken.Encoding, context_length: int) -> PreTrainedTokenizerFast:
+    """`encoding` as a Hugging Face fast tokenizer that gives the same ids for every text (its
+    `save_pretrained` writes `tokenizer.json` and `tokenizer_config.json`).
+
+    transformers' own `TikTokenConverter` does the translation, the one it uses for tiktoken-format
+    models such as Llama 3: it rebuilds the merge list from tiktoken's ranks, splits text with the
+    encoding's own pattern (the trained BPE's GPT-4-style one, or GPT-2's) and maps bytes to
+    `tokenizers`' byte-level alphabet. That beat writing tokenizer.json by hand, which would have to
+    follow a format the library owns, and GPT-2's vocab.json and merges.txt, which hold GPT-2's
+    pattern only. The converter reads ranks from a file; here it is handed the encoding's ranks.
+
+    `<|endoftext|>` is a special token, written in text as itself, as `text_to_token_ids` reads it;
+    it is also the beginning- and end-of-text token, as in GPT-2.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    class RanksConverter(TikTokenConverter):
+        def load_tiktoken_bpe(self, _file: str) -> dict[bytes, int]:
+            return encoding._mergeable_ranks
+
+    converted = RanksConverter(pattern=encoding._pat_str, extra_special_tokens=list(encoding._special_tokens)).converted()
+    for token, id in encoding._special_tokens.items():  # the converter numbers them on from the ranks
+        if converted.token_to_id(token) != id:
+            raise ScratchGPTError(f"tokenizer {encoding.name!r}: {token} is id {id}, which a tokenizer.json cannot "
+                                  "give it (special tokens must follow the ranks without gaps)")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=converted, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, model_max_length=context_length
+    )

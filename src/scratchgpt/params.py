@@ -163,6 +163,9 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    # GPT-2-format weights to start from (gpt2_weights.load_gpt2): a Hub id, best `id@<commit>`, or
+    # a local folder; None starts from random weights (pretrain) or the pretrained model (finetune).
+    init_from: str | None = non_empty()
     learning_rate: float = positive()
     weight_decay: float = non_negative()
     num_epochs: int = positive()

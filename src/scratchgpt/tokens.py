@@ -145,13 +145,13 @@ class TokenShards:
         """The tokenizer that made these ids; a trained one is saved beside the corpus folders."""
         return load_encoding(self.encoding, self.folder.parent)
 
-    def require_encoding(self, encoding: str, reader: str | Path) -> None:
-        """Refuse ids from another tokenizer than the one the model `reader` was trained with."""
+    def require_encoding(
+        self, encoding: str, reader: str | Path, fix: str = "re-run the tokenize stage with the model's encoding"
+    ) -> None:
+        """Refuse ids from another tokenizer than the one the model `reader` was trained with;
+        the line ends with `fix`, what the user should do."""
         if self.encoding != encoding:
-            raise ScratchGPTError(
-                f"{self.folder}: tokens are {self.encoding!r} but {reader} reads {encoding!r}; "
-                "re-run the tokenize stage with the model's encoding"
-            )
+            raise ScratchGPTError(f"{self.folder}: tokens are {self.encoding!r} but {reader} reads {encoding!r}; {fix}")
 
     def _open(self, path: Path) -> np.ndarray:
         try:
