@@ -210,11 +210,11 @@ def test_the_modern_block_end_to_end(project):
     run([*DVC, "repro"], project)
     config = json.loads((project / "models/pretrained/config.json").read_text())["model"]
     assert config.items() >= MODERN_BLOCK.items()
-    saved = load_file(project / "models/finetuned/model.safetensors")
+    saved = load_file(project / "models/finetuned/coldplay/model.safetensors")
     assert not any("position" in name or "bias" in name for name in saved)
-    scores = json.loads((project / "metrics/evaluate.json").read_text())
-    assert 0 < scores["finetuned"]["lyrics_val"]["bits_per_byte"] < 20
-    assert "I want something" in (project / "metrics/samples.md").read_text()
+    scores = json.loads((project / "metrics/evaluate/coldplay.json").read_text())
+    assert 0 < scores["finetuned"]["val"]["bits_per_byte"] < 20
+    assert "I want something" in (project / "metrics/samples/coldplay.md").read_text()
     explorer = Explorer(load(project / "models/finetuned/coldplay", "cpu"), load(project / "models/pretrained", "cpu"))
     form = {"prompt": "Lights go out", "temperature": "0.8", "top_k": "50", "top_p": "0.95",
             "repetition_penalty": "1.0", "min_p": "0.0", "max_new_tokens": "6", "seed": "1"}
