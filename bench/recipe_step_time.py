@@ -69,6 +69,9 @@ RECIPES = {
        for key, value in MODERN_BLOCK.items()},
     "4x192, 32k, b8, modern block": (32768, "adamw", shape(4, 192, 6) | MODERN_BLOCK, 8),
     "4x192, 32k, b8, modern block, muon": (32768, "muon", shape(4, 192, 6) | MODERN_BLOCK, 8),
+    # The soft cap is the one part that costs (an elementwise pass or two over every logit): the block without it.
+    "4x192, 32k, b8, modern block without the cap": (32768, "adamw", shape(4, 192, 6) | MODERN_BLOCK | {"logit_softcap": None}, 8),
+    "4x192, 32k, b8, modern block without the cap, muon": (32768, "muon", shape(4, 192, 6) | MODERN_BLOCK | {"logit_softcap": None}, 8),
     "4x128, 32k, b16": (32768, "adamw", shape(4, 128, 4), 16),
     "4x128, 16k, b16": (16384, "adamw", shape(4, 128, 4), 16),
 }

@@ -87,7 +87,7 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     save_model(GPT(**{**TINY, "vocab_size": 50257, "context_length": 32}), get_encoding("gpt2"),
-               "models/finetuned")
+               "models/finetuned/coldplay")
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert printed.startswith("I want something") and len(printed) > len("I want something\n")

@@ -195,7 +195,9 @@ def test_openai_hub_layout_loads_too(tiny_gpt2, gpt2_ids, tmp_path):
 
 def model_params(**changes) -> ModelParams:
     shape = dict(num_heads=2, embed_dim=32, attention_dim=32, num_blocks=2, context_length=64, dropout_rate=0.0,
-                 vocab_multiple=64, tie_embeddings=True, activation="gelu_tanh", qkv_bias=True)
+                 vocab_multiple=64, tie_embeddings=True, activation="gelu_tanh", qkv_bias=True,
+                 position_encoding="learned", norm="layernorm", qk_norm=False, bias=True,
+                 zero_init_projections=False, logit_softcap=None)
     return ModelParams(**{**shape, **changes})
 
 

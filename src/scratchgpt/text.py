@@ -73,7 +73,7 @@ def split_validation(texts: list[str], val_fraction: float, seed: int = 0) -> di
 
 
 def deduplicate(texts: list[str]) -> list[str]:
-    """`texts` without exact repeats (a song and its live version with the same words), first
+    """`texts` without exact repeats (a song and its demo with the same words), first
     copies kept in order: a repeat would count twice in training or in the yardstick."""
     return list(dict.fromkeys(texts))
 
