@@ -60,12 +60,17 @@ class ExplorePage:
         return self.find(css).text
 
     def continue_prompt(self, prompt: str, **settings: str) -> str:
-        """Type `prompt` and `settings` (the page's field ids: top_p, seed, ...), press Continue,
-        wait for the end of the continuation or an error; the status or error line."""
+        """Type `prompt` and `settings` (the page's field ids: top_p, seed, ...; a checkbox's
+        "true" or "false"), press Continue, wait for the end of the continuation or an error; the
+        status or error line."""
         for field, value in {"prompt": prompt, **settings}.items():
             box = self.find(f"#{field}")
-            box.clear()
-            box.send_keys(value)
+            if box.get_attribute("type") == "checkbox":
+                if box.is_selected() != (value == "true"):
+                    box.click()
+            else:
+                box.clear()
+                box.send_keys(value)
         self.find("#run").click()
         return self.wait_for(lambda d: d.find_element(By.ID, "error").text or
                              (d.find_element(By.ID, "status").text.startswith("done") and d.find_element(By.ID, "status").text))

@@ -17,8 +17,8 @@ import pytest
 import torch
 from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import ROOT
-from scratchgpt.explore.server import Explorer, load, serving
+from conftest import ROOT, ending_the_text
+from scratchgpt.explore.server import Explorer, LoadedModel, load, serving
 from scratchgpt.explore.trace import trace_continuation
 from scratchgpt.generate import Sampling
 
@@ -97,6 +97,25 @@ def test_mistakes_are_a_message_on_the_page(page):
     assert (page.continue_prompt("Lights go out", min_p="0.0", repetition_penalty="0")
             == "--repetition-penalty = 0: must be > 0")
     assert page.continue_prompt("", repetition_penalty="1.0").startswith("the prompt is empty")
+
+
+def test_the_page_says_where_the_model_ended_the_text_and_can_go_on_past_it(explore_models):
+    loaded = load(explore_models["finetuned"], "cpu")
+    prompt = loaded.encoding.encode("Lights go out")
+    model, before_the_end = ending_the_text(loaded.model, prompt, loaded.encoding.eot_token)
+    with serving(Explorer(LoadedModel("ending", model, loaded.encoding))) as url:
+        page = ExplorePage(url)
+        try:
+            assert page.find("#stop_at_end_of_text").is_selected()  # on unless unticked, as in generate
+            status = page.continue_prompt("Lights go out", temperature="0", seed="1", max_new_tokens="20")
+            assert status == f"done: {len(before_the_end)} new tokens, then the end of the text, seed 1"
+            assert len(page.tokens()) == len(prompt) + len(before_the_end) and page.text_of("#error") == ""
+            status = page.continue_prompt("Lights go out", temperature="0", seed="1", max_new_tokens="20",
+                                          stop_at_end_of_text="false")
+            assert status == "done: 20 new tokens, seed 1"
+            assert page.tokens()[len(prompt) + len(before_the_end)].text == "<|endoftext|>"
+        finally:
+            page.close()
 
 
 def test_off_loopback_the_page_passes_its_token_on_to_its_requests(explorer):

@@ -17,11 +17,12 @@ import urllib.request
 
 import pytest
 
+from conftest import ending_the_text
 from scratchgpt.cli import build_parser, main
-from scratchgpt.explore.server import BODY_TIMEOUT_S, Explorer, load, serving
+from scratchgpt.explore.server import BODY_TIMEOUT_S, Explorer, LoadedModel, load, serving
 
 SETTINGS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "repetition_penalty": "1.0", "min_p": "0.0",
-            "max_new_tokens": "6"}
+            "max_new_tokens": "6", "stop_at_end_of_text": "true"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,8 @@ def test_info_names_the_models_and_gives_generates_defaults(url):
     generate_defaults = vars(build_parser().parse_args(["generate", "a prompt"]))
     assert info["defaults"] == {
         # generate's
-        **{name: generate_defaults[name] for name in ("temperature", "top_k", "top_p", "repetition_penalty", "min_p")},
+        **{name: generate_defaults[name]
+           for name in ("temperature", "top_k", "top_p", "repetition_penalty", "min_p", "stop_at_end_of_text")},
         "seed": "",  # none: a fresh draw each time, as in generate
         "max_new_tokens": "32",  # half of this tiny context, leaving room for a prompt
     }
@@ -121,8 +123,30 @@ def test_quantized_models_stream_the_same_events(explore_models):
     assert [e["type"] for e in events] == ["start"] + ["token"] * 6 + ["compare", "end"]
 
 
+@pytest.fixture(scope="module")
+def ending(explore_models) -> tuple[Explorer, list[int]]:
+    """An explorer whose model, greedy, ends the text "Lights go out" after a few new tokens; those tokens."""
+    loaded = load(explore_models["finetuned"], "cpu")
+    model, before_the_end = ending_the_text(loaded.model, loaded.encoding.encode("Lights go out"), loaded.encoding.eot_token)
+    return Explorer(LoadedModel("ending", model, loaded.encoding)), before_the_end
+
+
+def test_the_stream_ends_cleanly_where_the_model_ends_the_text(ending):
+    explorer, before_the_end = ending
+    end_of_text = explorer.main.encoding.eot_token
+    with serving(explorer) as address:
+        events = generate(address, temperature="0", max_new_tokens="20")
+        assert [e["type"] for e in events] == ["start"] + ["token"] * len(before_the_end) + ["end"]
+        assert [e["token"]["id"] for e in events[1:-1]] == before_the_end  # the end itself is not a token
+        assert events[-1] == {"type": "end", "end_of_text": True}
+        went_on = generate(address, temperature="0", max_new_tokens="20", stop_at_end_of_text="false")
+    new = [e["token"] for e in went_on if e["type"] == "token"]
+    assert [t["id"] for t in new[:len(before_the_end) + 1]] == [*before_the_end, end_of_text] and len(new) == 20
+    assert new[len(before_the_end)]["text"] == "<|endoftext|>" and went_on[-1] == {"type": "end", "end_of_text": False}
+
+
 def test_a_one_token_prompt_has_nothing_that_predicted_it(url):
-    start, first, *_ = generate(url, prompt="Hello", max_new_tokens="2")
+    start, first, *_ = generate(url, prompt="Hello", max_new_tokens="2", seed="1")
     assert [t["probability"] for t in start["tokens"]] == [None] and first["token"]["probability"] > 0
 
 
@@ -143,6 +167,7 @@ def test_without_a_seed_each_draw_differs_and_says_its_seed(url):
         ({"seed": "-3"}, "--seed = -3: must be from 0 to"),
         ({"repetition_penalty": "-1"}, "--repetition-penalty = -1: must be > 0"),
         ({"min_p": "2"}, "--min-p = 2: must be in [0, 1]"),
+        ({"stop_at_end_of_text": "maybe"}, "--stop-at-end-of-text = 'maybe': must be true or false"),
         ({"prompt": ""}, "the prompt is empty"),
         ({"prompt": " word" * 64}, "the prompt is 64 tokens: finetuned's context holds 64"),
         ({"max_new_tokens": "62"}, "the prompt (4 tokens) and --max-new-tokens 62 need 66 positions"),
@@ -224,7 +249,7 @@ def test_off_loopback_every_request_needs_the_token(explorer):
         assert get(address)[0] == 200  # the page, at the printed address
         assert get(base + "info?token=" + token)[0] == 200
         status, body = post_to(base + "generate?token=" + token, GOOD_BODY)
-        assert status == 200 and json.loads(body.splitlines()[-1]) == {"type": "end"}
+        assert status == 200 and json.loads(body.splitlines()[-1])["type"] == "end"
 
 
 def ask(address: str, method: str, path: str, headers: dict[str, str], body: bytes | None = None) -> tuple[int, bytes]:
@@ -248,7 +273,7 @@ def refusal(status: int, body: bytes) -> tuple[int, str]:
 
 def still_generates(address: str, query: str = "") -> bool:
     status, body = ask(address, "POST", "/generate" + query, {"Content-Type": "application/json"}, GOOD_BODY)
-    return status == 200 and json.loads(body.splitlines()[-1]) == {"type": "end"}
+    return status == 200 and json.loads(body.splitlines()[-1])["type"] == "end"  # a fresh draw may end the text
 
 
 def test_only_its_own_names_are_answered_so_a_dns_rebinding_page_reads_nothing(url):
@@ -306,7 +331,7 @@ def test_the_pages_own_origin_and_clients_without_one_are_served(url):
                     {"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}", "Content-Type": "application/json"},
                     {"Content-Type": "application/json; charset=utf-8"}):  # curl, scripts: no Origin
         status, body = ask(url, "POST", "/generate", headers, GOOD_BODY)
-        assert status == 200 and json.loads(body.splitlines()[-1]) == {"type": "end"}, headers
+        assert status == 200 and json.loads(body.splitlines()[-1])["type"] == "end", headers
     assert ask(url, "GET", "/info", {"Origin": "http://evil.example"})[0] == 403  # nor may it read
 
 

@@ -4,7 +4,8 @@
     GET  /info      the models' names and shapes, and the page's default settings (JSON)
     POST /generate  {"prompt": ..., "temperature": "0.8", ...} -> a stream of JSON lines:
                     start (the seed and the prompt's tokens), token (one per new token),
-                    compare (the whole text under --compare's model, if any), end
+                    compare (the whole text under --compare's model, if any), end (and
+                    whether the model ended the text: "end_of_text")
 
 Every refusal is a 4xx with one JSON line, {"error": "..."}: a bad prompt or setting, a
 malformed request (a bad or missing Content-Length, a body shorter than it says, a wrong
@@ -67,7 +68,7 @@ import torch
 
 from scratchgpt.errors import ScratchGPTError, reason, warn
 from scratchgpt.explore.trace import ATTENTION_SCALE, score, trace_continuation
-from scratchgpt.generate import Sampling, text_to_token_ids
+from scratchgpt.generate import Sampling, stop_id, text_to_token_ids
 from scratchgpt.model import GPT
 from scratchgpt.params import MAX_SEED, Quantize, SampleParams, parse_flag
 from scratchgpt.quantize import quantize
@@ -93,9 +94,10 @@ HOST_HEADER = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[^\[\]:]+)(?::\d+)?", re.IGN
 # The page's sampling controls, checked like the `sample` keys of the same names (and like
 # `scratchgpt generate`'s flags); their defaults are generate's, but for max_new_tokens, which
 # must fit in the context beside the prompt (see `Explorer.info`).
-SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "min_p", "seed")
-PAGE_DEFAULTS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "repetition_penalty": "1.0", "min_p": "0.0",
-                 "seed": ""}
+SETTINGS = ("max_new_tokens", "stop_at_end_of_text", "temperature", "top_k", "top_p", "repetition_penalty", "min_p",
+            "seed")
+PAGE_DEFAULTS = {"stop_at_end_of_text": "true", "temperature": "0.8", "top_k": "50", "top_p": "0.95",
+                 "repetition_penalty": "1.0", "min_p": "0.0", "seed": ""}
 DEFAULT_NEW_TOKENS = 64
 
 
@@ -118,6 +120,7 @@ class Request:
     prompt_ids: list[int]
     max_new_tokens: int
     sampling: Sampling
+    stop_at: int | None  # the end-of-text id, or None to go on past it
     seed: int | None  # None: a fresh seed, sent back so that the page can repeat the draw
 
 
@@ -194,7 +197,8 @@ class Explorer:
                 f"but {self.main.name}'s context holds {context:,}: ask for at most {context - length:,} new tokens"
             )
         sampling = Sampling.of(settings)
-        return Request(prompt_ids, wanted, sampling, settings.get("seed"))
+        stop_at = stop_id(self.main.encoding, settings["stop_at_end_of_text"])
+        return Request(prompt_ids, wanted, sampling, stop_at, settings.get("seed"))
 
     def events(self, request: Request) -> Iterator[dict]:
         """start, then one token event per new token, then compare (with --compare) and end."""
@@ -203,9 +207,8 @@ class Explorer:
             # A fresh seed is drawn from the range --seed accepts, so the page can offer to repeat it.
             seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
             generator = torch.Generator(model.output_weight.device).manual_seed(seed)
-            steps = trace_continuation(
-                model, self.main.encoding, request.prompt_ids, request.max_new_tokens, request.sampling, generator
-            )
+            steps = trace_continuation(model, self.main.encoding, request.prompt_ids, request.max_new_tokens,
+                                       request.sampling, generator, request.stop_at)
             prompt = next(steps)
             yield {"type": "start", "seed": seed, "tokens": prompt}
             token_ids = [token["id"] for token in prompt]
@@ -215,7 +218,9 @@ class Explorer:
             if self.compare is not None:
                 tokens = score(self.compare.model, self.compare.encoding, token_ids)
                 yield {"type": "compare", "model": self.compare.name, "tokens": tokens}
-            yield {"type": "end"}
+            # The trace ends before max_new_tokens only where the model ended the text.
+            new_tokens = len(token_ids) - len(request.prompt_ids)
+            yield {"type": "end", "end_of_text": new_tokens < request.max_new_tokens}
 
 
 class Refusal(Exception):
