@@ -28,16 +28,22 @@ CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", 
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
+def headless_chromium(*arguments: str, width: int = 1400, height: int = 1000) -> webdriver.Chrome:
+    """Headless Chromium, with Chromium's command-line `arguments` besides this script's own."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    own = ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}")
+    for argument in (*own, *arguments):
+        options.add_argument(argument)
+    # The Debian driver, given explicitly: Selenium would otherwise try to download one.
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
 class ExplorePage:
     """The explore page in headless Chromium, driven as a person would: type, click, point."""
 
     def __init__(self, url: str, width: int = 1400, height: int = 1000):
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={width},{height}"):
-            options.add_argument(argument)
-        # The Debian driver, given explicitly: Selenium would otherwise try to download one.
-        self.driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        self.driver = headless_chromium(width=width, height=height)
         self.driver.get(url)
         self.wait_for(lambda d: d.find_element(By.ID, "temperature").get_attribute("value"))  # /info has arrived
 
@@ -54,12 +60,17 @@ class ExplorePage:
         return self.find(css).text
 
     def continue_prompt(self, prompt: str, **settings: str) -> str:
-        """Type `prompt` and `settings` (the page's field ids: top_p, seed, ...), press Continue,
-        wait for the end of the continuation or an error; the status or error line."""
+        """Type `prompt` and `settings` (the page's field ids: top_p, seed, ...; a checkbox's
+        "true" or "false"), press Continue, wait for the end of the continuation or an error; the
+        status or error line."""
         for field, value in {"prompt": prompt, **settings}.items():
             box = self.find(f"#{field}")
-            box.clear()
-            box.send_keys(value)
+            if box.get_attribute("type") == "checkbox":
+                if box.is_selected() != (value == "true"):
+                    box.click()
+            else:
+                box.clear()
+                box.send_keys(value)
         self.find("#run").click()
         return self.wait_for(lambda d: d.find_element(By.ID, "error").text or
                              (d.find_element(By.ID, "status").text.startswith("done") and d.find_element(By.ID, "status").text))

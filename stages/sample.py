@@ -11,7 +11,7 @@ import torch
 from scratchgpt import params, stage
 from scratchgpt.saved_model import load_model
 from scratchgpt.devices import prepare
-from scratchgpt.generate import Sampling, stream, text_to_token_ids
+from scratchgpt.generate import Sampling, stop_id, stream, text_to_token_ids
 from scratchgpt.model import GPT
 from scratchgpt.outputs import atomic_file
 from scratchgpt.params import SampleParams, bad_value
@@ -26,7 +26,8 @@ def cell(text: str) -> str:
 
 def continuations(model: GPT, encoding: tiktoken.Encoding, settings: SampleParams, sampling: Sampling,
                   device: torch.device, name: str) -> list[str]:
-    """Each of the settings' prompts continued by `model`, prompt i drawn with seed `seed + i`."""
+    """Each of the settings' prompts continued by `model`, prompt i drawn with seed `seed + i`, to the
+    end of the text where the settings stop there."""
     texts = []
     for index, prompt in enumerate(settings.prompts):
         context = text_to_token_ids(prompt, encoding, device)
@@ -37,7 +38,8 @@ def continuations(model: GPT, encoding: tiktoken.Encoding, settings: SampleParam
             )
         generator = torch.Generator(device).manual_seed(settings.seed + index)
         tokens = stream(model, context, max_new_tokens=settings.max_new_tokens,
-                        context_length=model.config.context_length, sampling=sampling, generator=generator)
+                        context_length=model.config.context_length, sampling=sampling, generator=generator,
+                        stop_at=stop_id(encoding, settings.stop_at_end_of_text))
         bar = progress(tokens, total=settings.max_new_tokens, desc=f"{name}, prompt {index + 1}", unit="token")
         texts.append(encoding.decode([int(token) for token in bar]))
     return texts
@@ -60,6 +62,8 @@ def main(dataset: str, pretrained: Path, finetuned: Path, out: Path) -> None:
         described.append(f"min_p {settings.min_p}")
     if settings.quantize != "none":
         described.append(f"{settings.quantize} weights")
+    if settings.stop_at_end_of_text:  # off: going on past it, as every sample did before the key
+        described.append("stopping at end of text")
     described += [f"{settings.max_new_tokens} new tokens", f"seed {settings.seed}"]
     lines = [
         "# Samples",

@@ -136,3 +136,25 @@ def explore_models(tmp_path_factory) -> dict[str, Path]:
         save_model(GPT(config), get_encoding("gpt2"), root / name)
         folders[name] = root / name
     return folders
+
+
+def ending_the_text(model, prompt_ids: list[int], end_of_text: int, after: int = 2) -> tuple:
+    """A copy of `model` that, greedy from `prompt_ids`, ends the text after some new tokens, at
+    least `after`; and those tokens. Its LM head's rows for `end_of_text` and for a token `model`
+    chose swap: the first chosen after `after` that is new to the text, so what comes before it,
+    which neither row won, stays the same."""
+    import copy
+
+    import torch
+
+    from scratchgpt.generate import generate
+
+    context = torch.tensor([prompt_ids])
+    chosen = generate(model, context, 3 * after + 8, model.config.context_length)[0, len(prompt_ids):].tolist()
+    ends = next(i for i, token in enumerate(chosen) if i >= after and token not in prompt_ids + chosen[:i])
+    assert end_of_text not in chosen[:ends + 1], "the model itself ends the text: pick another prompt"
+    ending = copy.deepcopy(model)
+    with torch.no_grad():
+        weight = ending.output_weight
+        weight[[chosen[ends], end_of_text]] = weight[[end_of_text, chosen[ends]]]
+    return ending, chosen[:ends]

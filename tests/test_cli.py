@@ -49,6 +49,7 @@ def generate(model_folder, *flags: str) -> subprocess.CompletedProcess:
         (["--min-p", "1.5"], "--min-p = 1.5: must be in [0, 1]"),
         (["--min-p", "-0.1"], "--min-p = -0.1: must be in [0, 1]"),
         (["--quantize", "int4"], "--quantize = 'int4': must be one of none, int8"),
+        (["--stop-at-end-of-text", "maybe"], "--stop-at-end-of-text = 'maybe': must be true or false"),
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     ],
 )
@@ -120,6 +121,26 @@ def test_help_says_what_quantize_does():
     assert "--repetition-penalty" in words and "--min-p" in words
 
 
+def test_generation_ends_at_end_of_text_unless_told_to_go_on(tmp_path):
+    import torch
+
+    from conftest import ending_the_text, requires_shared_data
+
+    requires_shared_data()  # the gpt2 encoding, offline
+    gpt2 = get_encoding("gpt2")
+    torch.manual_seed(0)
+    model = GPT(num_heads=2, vocab_size=50257, embed_dim=16, attention_dim=16, num_blocks=1, context_length=32,
+                dropout_rate=0.0).eval()
+    model, before_the_end = ending_the_text(model, gpt2.encode("hello"), gpt2.eot_token)
+    save_model(model, gpt2, tmp_path / "ending")
+    ended = generate(tmp_path / "ending", "--temperature", "0", "--max-new-tokens", "20")
+    assert ended.returncode == 0 and ended.stdout == "hello" + gpt2.decode(before_the_end) + "\n", ended.stderr
+    went_on = generate(tmp_path / "ending", "--temperature", "0", "--max-new-tokens", "20", "--stop-at-end-of-text", "false")
+    assert went_on.stdout.startswith(ended.stdout[:-1] + "<|endoftext|>") and len(went_on.stdout) > len(ended.stdout) + 14
+    words = " ".join(subprocess.run([*CLI, "generate", "--help"], capture_output=True, text=True).stdout.split())
+    assert "--stop-at-end-of-text STOP_AT_END_OF_TEXT true: stop where the model ends the text, at <|endoftext|>" in words
+
+
 def test_quantized_generation_writes_text_and_repeats_with_its_seed(model_folder):
     flags = ["--max-new-tokens", "8", "--seed", "3", "--quantize", "int8", "--repetition-penalty", "1.3",
              "--min-p", "0.05"]
@@ -134,6 +155,7 @@ def test_sampling_grid_prints_a_row_per_setting(model_folder):
     result = subprocess.run([sys.executable, "scripts/sampling_grid.py", "--model", str(model_folder), "--temperature", "0.8",
                              "--repetition-penalty", "1.0", "1.3", "--min-p", "0.1"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| 0.8")]
+    # Rows end at "\n" only: a random model's text may hold a vertical tab, which splitlines() would split at.
+    rows = [line for line in result.stdout.split("\n") if line.startswith("| 0.8")]
     assert [row.split(" | ")[0] for row in rows] == ["| 0.8, 1.0, 0.1", "| 0.8, 1.3, 0.1"]
     assert all(row.count(" | ") == 3 for row in rows)  # the setting and params.yaml's three prompts

@@ -4,21 +4,26 @@ chromium-driver`); skipped without them."""
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
 import torch
+from selenium.webdriver.support.ui import WebDriverWait
 
-from conftest import ROOT
-from scratchgpt.explore.server import Explorer, load, serving
+from conftest import ROOT, ending_the_text
+from scratchgpt.explore.server import Explorer, LoadedModel, load, serving
 from scratchgpt.explore.trace import trace_continuation
 from scratchgpt.generate import Sampling
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from explore_screenshots import CHROMEDRIVER, CHROMIUM, ExplorePage  # noqa: E402
+from explore_screenshots import CHROMEDRIVER, CHROMIUM, ExplorePage, headless_chromium  # noqa: E402
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
                                 reason="no Chromium or chromedriver here (Debian: apt-get install chromium chromium-driver)")
@@ -94,6 +99,25 @@ def test_mistakes_are_a_message_on_the_page(page):
     assert page.continue_prompt("", repetition_penalty="1.0").startswith("the prompt is empty")
 
 
+def test_the_page_says_where_the_model_ended_the_text_and_can_go_on_past_it(explore_models):
+    loaded = load(explore_models["finetuned"], "cpu")
+    prompt = loaded.encoding.encode("Lights go out")
+    model, before_the_end = ending_the_text(loaded.model, prompt, loaded.encoding.eot_token)
+    with serving(Explorer(LoadedModel("ending", model, loaded.encoding))) as url:
+        page = ExplorePage(url)
+        try:
+            assert page.find("#stop_at_end_of_text").is_selected()  # on unless unticked, as in generate
+            status = page.continue_prompt("Lights go out", temperature="0", seed="1", max_new_tokens="20")
+            assert status == f"done: {len(before_the_end)} new tokens, then the end of the text, seed 1"
+            assert len(page.tokens()) == len(prompt) + len(before_the_end) and page.text_of("#error") == ""
+            status = page.continue_prompt("Lights go out", temperature="0", seed="1", max_new_tokens="20",
+                                          stop_at_end_of_text="false")
+            assert status == "done: 20 new tokens, seed 1"
+            assert page.tokens()[len(prompt) + len(before_the_end)].text == "<|endoftext|>"
+        finally:
+            page.close()
+
+
 def test_off_loopback_the_page_passes_its_token_on_to_its_requests(explorer):
     with serving(explorer, "0.0.0.0") as url:  # http://0.0.0.0:PORT/?token=...
         browser = ExplorePage(url.replace("0.0.0.0", "127.0.0.1"))  # ExplorePage waits for /info's defaults
@@ -101,6 +125,86 @@ def test_off_loopback_the_page_passes_its_token_on_to_its_requests(explorer):
             assert browser.continue_prompt("Lights go out", seed="3", max_new_tokens="4") == "done: 4 new tokens, seed 3"
         finally:
             browser.close()
+
+
+class _AnotherSite(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<p>another site</p>")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def another_site():
+    """The port of another site's page, served on this machine."""
+    with ThreadingHTTPServer(("127.0.0.1", 0), _AnotherSite) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield server.server_address[1]
+        server.shutdown()
+        thread.join()
+
+
+# Every way a page could ask the server at `target`, run in that page: for each, what the page
+# learns ("opaque": that an answer came, nothing of it), or "refused" where the browser refuses.
+ATTEMPTS = """
+const [target, done] = [arguments[0], arguments[arguments.length - 1]];
+const body = JSON.stringify({prompt: "Lights go out", temperature: "0", top_k: "50", top_p: "0.95",
+                             repetition_penalty: "1.0", min_p: "0.0", max_new_tokens: "4"});
+const read = async (response) => response.type === "opaque" ? "opaque" : `${response.status} ${await response.text()}`;
+Promise.allSettled([
+  fetch(target + "generate", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body}).then(read),
+  fetch(target + "generate", {method: "POST", headers: {"Content-Type": "application/json"}, body}).then(read),
+  fetch(target + "info").then(read),
+]).then((results) => done(results.map((r) => r.status === "fulfilled" ? r.value : "refused")));
+"""
+POST_A_FORM = """
+const form = Object.assign(document.createElement("form"), {method: "POST", action: arguments[0], enctype: "text/plain"});
+form.append(Object.assign(document.createElement("input"), {name: "prompt", value: "Lights go out"}));
+document.body.append(form);
+form.submit();
+"""
+
+
+def test_another_sites_page_can_neither_run_nor_read_the_model(explorer, another_site, monkeypatch):
+    generated = []
+    events = explorer.events
+    monkeypatch.setattr(explorer, "events", lambda request: generated.append(request) or events(request))
+    with serving(explorer) as url:
+        port = urlsplit(url).port
+        # evil.example leads to this machine, as a DNS-rebinding attacker makes its name do.
+        driver = headless_chromium("--host-resolver-rules=MAP evil.example 127.0.0.1")
+        try:
+            driver.get(f"http://evil.example:{another_site}/")
+            # Sent, but refused by the server (the page learns only that an answer came); the JSON
+            # one stopped at its preflight; the answer to a GET unreadable.
+            assert driver.execute_async_script(ATTEMPTS, url) == ["opaque", "refused", "refused"]
+            driver.execute_script(POST_A_FORM, url + "generate")  # the classic cross-site form
+            body = WebDriverWait(driver, 30).until(
+                lambda d: d.current_url == url + "generate" and d.find_element("tag name", "body").text)
+            assert json.loads(body)["error"] == (f"Origin 'http://evil.example:{another_site}' is another site's page: "
+                                                 "only the page that `scratchgpt explore` serves may use it")
+            # DNS rebinding: the attacker's name now leads to the server, which knows it for another's.
+            driver.get(f"http://evil.example:{port}/")
+            refused = {"error": f"Host 'evil.example:{port}' is not a name of this server: open the address that "
+                                "`scratchgpt explore` printed (or name this one with --host)"}
+            assert json.loads(driver.find_element("tag name", "body").text) == refused
+            answers = driver.execute_async_script(ATTEMPTS, "/")  # same-origin now: every answer readable
+            assert [answer.split(" ", 1)[0] for answer in answers] == ["403"] * 3
+            assert all(json.loads(answer.split(" ", 1)[1]) == refused for answer in answers)
+        finally:
+            driver.quit()
+        assert generated == []
+        page = ExplorePage(url)  # while the page itself, at its address, works as ever
+        try:
+            assert page.continue_prompt("Lights go out", seed="3", max_new_tokens="4") == "done: 4 new tokens, seed 3"
+        finally:
+            page.close()
+    assert len(generated) == 1
 
 
 def test_the_screenshot_command_saves_both_views(explore_models, tmp_path):

@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
-from conftest import MODERN_BLOCK, ROOT
-from scratchgpt.generate import Sampling, generate, next_token, stream
+from conftest import MODERN_BLOCK, ROOT, ending_the_text, requires_shared_data, tiny_params
+from scratchgpt.generate import Sampling, generate, next_token, stop_id, stream
 from scratchgpt.model import GPT
 
 TINY = dict(num_heads=2, vocab_size=50, embed_dim=16, attention_dim=16, num_blocks=1, context_length=8,
@@ -70,8 +70,9 @@ def test_top_k_of_one_is_greedy_and_top_p_keeps_the_likeliest():
 def test_sampling_settings_are_one_keyword_argument():
     for function in (generate, stream):
         parameters = inspect.signature(function).parameters
-        assert list(parameters) == ["model", "context", "max_new_tokens", "context_length", "sampling", "generator"]
-        assert parameters["sampling"].kind is parameters["generator"].kind is inspect.Parameter.KEYWORD_ONLY
+        assert list(parameters) == ["model", "context", "max_new_tokens", "context_length", "sampling", "generator",
+                                    "stop_at"]
+        assert {parameters[name].kind for name in ("sampling", "generator", "stop_at")} == {inspect.Parameter.KEYWORD_ONLY}
     with pytest.raises(dataclasses.FrozenInstanceError):
         Sampling().temperature = 1.0  # type: ignore[misc]
 
@@ -140,3 +141,42 @@ def test_the_penalty_counts_the_prompt_and_what_was_generated(model):
     assert len(set(looped)) < len(looped)
     varied = generate(model, context, 20, 8, sampling=Sampling(repetition_penalty=1e6))[0].tolist()
     assert len(set(varied)) == len(varied)
+
+
+def test_the_text_ends_where_the_model_chooses_stop_at_which_is_not_yielded(model):
+    context = torch.tensor([[1, 2, 3]])
+    greedy = generate(model, context, 20, 8)[0, 3:].tolist()
+    first = next(i for i in range(2, 20) if greedy[i] not in greedy[:i])  # a token first chosen after others
+    ended = generate(model, context, 20, 8, stop_at=greedy[first])
+    assert ended[0, 3:].tolist() == greedy[:first]
+    never = next(token for token in range(TINY["vocab_size"]) if token not in greedy)
+    assert generate(model, context, 20, 8, stop_at=never)[0, 3:].tolist() == greedy  # the whole length
+    sampled = list(stream(model, context, 50, 8, sampling=Sampling(temperature=100.0), generator=torch.Generator().manual_seed(3),
+                          stop_at=greedy[first]))
+    assert 0 < len(sampled) < 50 and greedy[first] not in sampled  # drawn too, it ends there
+    with pytest.raises(ValueError, match="stop_at ends one text; the context holds 2"):
+        list(stream(model, torch.tensor([[1], [2]]), 3, 8, stop_at=greedy[first]))
+
+
+def test_the_sample_stage_ends_at_end_of_text_unless_told_to_go_on(monkeypatch):
+    from scratchgpt.encodings import get_encoding
+    from scratchgpt.params import SampleParams, parse_section
+
+    requires_shared_data()  # the gpt2 encoding, offline
+    monkeypatch.syspath_prepend(str(ROOT))  # the stage scripts, which are not part of the package
+    from stages.sample import continuations
+
+    gpt2 = get_encoding("gpt2")
+    torch.manual_seed(0)
+    prompt = "I want something"
+    model, before_the_end = ending_the_text(GPT(**{**TINY, "vocab_size": 50257, "context_length": 32}).eval(),
+                                            gpt2.encode(prompt), gpt2.eot_token)
+    texts = {}
+    for stop in (True, False):
+        settings = parse_section(SampleParams, {**tiny_params()["sample"], "prompts": [prompt], "max_new_tokens": 20,
+                                                "temperature": 0.0, "repetition_penalty": 1.0,
+                                                "stop_at_end_of_text": stop}, "sample")
+        [texts[stop]] = continuations(model, gpt2, settings, Sampling.of(dataclasses.asdict(settings)), torch.device("cpu"), "")
+    assert texts[True] == gpt2.decode(before_the_end) and texts[True]
+    assert texts[False].startswith(texts[True] + "<|endoftext|>") and len(texts[False]) > len(texts[True] + "<|endoftext|>")
+    assert (stop_id(gpt2, True), stop_id(gpt2, False)) == (50256, None)

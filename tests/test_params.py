@@ -69,6 +69,8 @@ def test_yaml_1_2_floats_are_numbers(tmp_path):
         ({"sample": {"min_p": -0.01}}, r"sample.min_p = -0.01: must be in \[0, 1\]"),
         ({"sample": {"quantize": "int4"}}, r"sample.quantize = 'int4': must be one of none, int8"),
         ({"sample": {"quantize": None}}, r"sample.quantize = None: must be one of none, int8"),
+        ({"sample": {"stop_at_end_of_text": "no"}}, r"sample.stop_at_end_of_text = 'no': must be true or false"),
+        ({"sample": {"stop_at_end_of_text": None}}, r"sample.stop_at_end_of_text = None: must be true or false"),
         ({"evaluate": {"max_tokens": 0}}, r"evaluate.max_tokens = 0: must be > 0"),
         ({"evaluate": {"num_threads": 0}}, r"evaluate.num_threads = 0: must be > 0"),
         ({"sample": {"max_new_tokens": 100_000}}, r"sample.max_new_tokens = 100000: must be from 1 to 4,096: past"),

@@ -21,17 +21,18 @@ from scratchgpt.saved_model import load_model
 from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
 from scratchgpt.explore.server import serve
-from scratchgpt.generate import Sampling, stream, text_to_token_ids
+from scratchgpt.generate import Sampling, stop_id, stream, text_to_token_ids
 from scratchgpt.gpt2_weights import export
 from scratchgpt.params import MAX_NEW_TOKENS, SampleParams, parse_flag
 from scratchgpt.quantize import quantize
 from scratchgpt.stage import remove_stale_states
 
-# Flags that mirror a `sample` key of params.yaml: read and checked by the same rules.
 DEFAULT_MODEL = "models/finetuned/coldplay"  # what `dvc repro` fine-tunes on the first dataset of params.yaml
 
+# Flags that mirror a `sample` key of params.yaml: read and checked by the same rules.
 SAMPLE_FLAGS = {
     "max_new_tokens": "--max-new-tokens",
+    "stop_at_end_of_text": "--stop-at-end-of-text",
     "temperature": "--temperature",
     "top_k": "--top-k",
     "top_p": "--top-p",
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the whole window, as the article's generate does for every token: 25 tokens/s against 219 with the "
         "cache, for the default model on a 2-core Intel Xeon with AMX",
     )
+    gen.add_argument("--stop-at-end-of-text", default="true", help="true: stop where the model ends the text, at "
+                     "<|endoftext|> (training put it between documents), as Hugging Face's generate does; false: go on "
+                     "past it, printing it, into another review or song (default: %(default)s)")
     gen.add_argument("--temperature", default="0.8", help="0 = greedy (default: %(default)s)")
     gen.add_argument("--top-k", default="50", help="keep the k likeliest tokens; null = all (default: %(default)s)")
     gen.add_argument("--top-p", default="0.95", help="keep the likeliest tokens up to this probability (default: %(default)s)")
@@ -139,7 +143,8 @@ def generate_command(args: argparse.Namespace) -> None:
     sys.stdout.write(args.prompt)
     sampling = Sampling.of(settings)
     tokens = stream(model, context, max_new_tokens=settings["max_new_tokens"],
-                    context_length=model.config.context_length, sampling=sampling, generator=generator)
+                    context_length=model.config.context_length, sampling=sampling, generator=generator,
+                    stop_at=stop_id(encoding, settings["stop_at_end_of_text"]))
     for token in tokens:
         sys.stdout.write(decoder.decode(encoding.decode_single_token_bytes(int(token))))
         sys.stdout.flush()

@@ -7,6 +7,11 @@ and min-p (only tokens at least min_p times as likely as the likeliest), in that
 Hugging Face's `generate` applies them. A KV cache keeps the keys and values of tokens already seen,
 so each step runs the model on one new position; once the context is full, the window slides
 and is run again whole, exactly as the article's generate does, so outputs match it token for token.
+
+Text ends where the model chooses `stop_at`, the tokenizer's end-of-text for every command and
+stage (`stop_id`), as Hugging Face's `generate` stops at its end-of-sequence id: training put that
+id between documents, so what follows it is another review or song. Without `stop_at` (the
+article's way) generation goes on past it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ class Sampling:
         """The sampling rules among `settings` (the `sample` params, or the flags of the same
         names), whatever else they hold."""
         return cls(**{field.name: settings[field.name] for field in dataclasses.fields(cls)})
+
+
+def stop_id(encoding: tiktoken.Encoding, stop_at_end_of_text: bool) -> int | None:
+    """The id a continuation ends at: `encoding`'s end-of-text, or None to go on past it (the
+    `sample.stop_at_end_of_text` key, and the flag and field of the same name)."""
+    return encoding.eot_token if stop_at_end_of_text else None
 
 
 def penalize_repetition(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -101,10 +112,14 @@ def stream(
     *,
     sampling: Sampling = Sampling(),
     generator: torch.Generator | None = None,
+    stop_at: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield each new token id (batch, 1) as soon as it is chosen; `generator` makes the draws
     repeatable. The model's logits cover only the tokenizer's ids (see `GPT.forward`), so a
-    padding id is never chosen."""
+    padding id is never chosen. Choosing `stop_at` (None: no id) ends the text: it is not yielded,
+    and nothing more is generated; it needs a batch of one text."""
+    if stop_at is not None and context.size(0) != 1:
+        raise ValueError(f"stop_at ends one text; the context holds {context.size(0)}")
     model.eval()
     context_length = min(context_length, model.config.context_length)
     tokens = context
@@ -116,6 +131,8 @@ def stream(
         else:
             logits = model(tokens[:, -1:], caches)
         chosen = next_token(logits[:, -1, :], sampling, generator, seen=tokens)
+        if stop_at is not None and int(chosen) == stop_at:
+            return
         tokens = torch.cat([tokens, chosen], dim=1)
         yield chosen
 
@@ -128,8 +145,11 @@ def generate(
     *,
     sampling: Sampling = Sampling(),
     generator: torch.Generator | None = None,
+    stop_at: int | None = None,
 ) -> torch.Tensor:
     """The article's `generate(model=..., context=..., max_new_tokens=..., context_length=...)`:
-    the context followed by the new token ids (greedy unless `sampling` says otherwise)."""
-    new = list(stream(model, context, max_new_tokens, context_length, sampling=sampling, generator=generator))
+    the context followed by the new token ids (greedy unless `sampling` says otherwise), up to
+    `stop_at` (not included) where given."""
+    new = list(stream(model, context, max_new_tokens, context_length, sampling=sampling, generator=generator,
+                      stop_at=stop_at))
     return torch.cat([context, *new], dim=1)

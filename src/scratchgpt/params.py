@@ -227,6 +227,7 @@ class EvaluateParams:
 class SampleParams:
     prompts: list[str] = non_empty()
     max_new_tokens: int = new_tokens_range()
+    stop_at_end_of_text: bool  # end where the model ends the text (the tokenizer's end-of-text id)
     temperature: float = non_negative()
     top_k: int | None = positive()
     top_p: float = fraction(closed_high=True)

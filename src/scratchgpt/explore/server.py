@@ -4,16 +4,28 @@
     GET  /info      the models' names and shapes, and the page's default settings (JSON)
     POST /generate  {"prompt": ..., "temperature": "0.8", ...} -> a stream of JSON lines:
                     start (the seed and the prompt's tokens), token (one per new token),
-                    compare (the whole text under --compare's model, if any), end
+                    compare (the whole text under --compare's model, if any), end (and
+                    whether the model ended the text: "end_of_text")
 
 Every refusal is a 4xx with one JSON line, {"error": "..."}: a bad prompt or setting, a
 malformed request (a bad or missing Content-Length, a body shorter than it says, a wrong
-method, a bad request line), or a missing token.
+method, a bad request line), a missing token, or a request that another site's page may have
+sent (below).
 
 On a loopback address (the default, 127.0.0.1) the page is this machine's alone. Listening on
 any other address is a choice made visible: a warning line, and a secret token in the printed
 address (`?token=...`, as Jupyter does) that every request must carry; the page passes its own
 on to its requests.
+
+Other sites' pages run in the same browser, which reaches 127.0.0.1 for them too; so, on any
+address, three checks keep them out, as Jupyter's and other local servers' do:
+- Host must name this server: localhost, 127.0.0.1, [::1] or what --host named (on 0.0.0.0,
+  also any address and this machine's name). A DNS-rebinding page, whose own name has come to
+  mean 127.0.0.1, sends that name, and would otherwise read every answer as its own.
+- Origin, where a request carries one, must be the page's own: a browser sends another site's
+  POST without asking when its body is text/plain or a form, but says whose page sent it.
+- /generate reads only application/json, a type that a browser sends across sites only after
+  asking first (a CORS preflight, which is refused here), Origin or not.
 
 Why not Gradio, the field's usual library for model demos (weighed on Gradio 6.31.0)?
 - Size: a 31 MB wheel (80 MB unpacked) and 52 packages in its closure (FastAPI, Uvicorn,
@@ -37,8 +49,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import re
 import secrets
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -54,7 +68,7 @@ import torch
 
 from scratchgpt.errors import ScratchGPTError, reason, warn
 from scratchgpt.explore.trace import ATTENTION_SCALE, score, trace_continuation
-from scratchgpt.generate import Sampling, text_to_token_ids
+from scratchgpt.generate import Sampling, stop_id, text_to_token_ids
 from scratchgpt.model import GPT
 from scratchgpt.params import MAX_SEED, Quantize, SampleParams, parse_flag
 from scratchgpt.quantize import quantize
@@ -72,12 +86,18 @@ MAX_REQUEST_BYTES = 1 << 20  # far above any prompt that fits a context
 BODY_TIMEOUT_S = 1.0
 # Each path and the one method it answers.
 ROUTES = {"/": "GET", "/info": "GET", "/generate": "POST"}
+# The names of this machine that every browser knows, as a Host header writes them.
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+# A Host header: a name, an IPv4 address or an IPv6 one in brackets, perhaps then a port. The port
+# is not checked: an SSH tunnel (`ssh -L 9000:127.0.0.1:8765`) makes the page's port another.
+HOST_HEADER = re.compile(r"(?P<name>\[[0-9a-f:.]+\]|[^\[\]:]+)(?::\d+)?", re.IGNORECASE)
 # The page's sampling controls, checked like the `sample` keys of the same names (and like
 # `scratchgpt generate`'s flags); their defaults are generate's, but for max_new_tokens, which
 # must fit in the context beside the prompt (see `Explorer.info`).
-SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "min_p", "seed")
-PAGE_DEFAULTS = {"temperature": "0.8", "top_k": "50", "top_p": "0.95", "repetition_penalty": "1.0", "min_p": "0.0",
-                 "seed": ""}
+SETTINGS = ("max_new_tokens", "stop_at_end_of_text", "temperature", "top_k", "top_p", "repetition_penalty", "min_p",
+            "seed")
+PAGE_DEFAULTS = {"stop_at_end_of_text": "true", "temperature": "0.8", "top_k": "50", "top_p": "0.95",
+                 "repetition_penalty": "1.0", "min_p": "0.0", "seed": ""}
 DEFAULT_NEW_TOKENS = 64
 
 
@@ -100,7 +120,25 @@ class Request:
     prompt_ids: list[int]
     max_new_tokens: int
     sampling: Sampling
+    stop_at: int | None  # the end-of-text id, or None to go on past it
     seed: int | None  # None: a fresh seed, sent back so that the page can repeat the draw
+
+
+def host_name(host: str) -> str:
+    """`host` (a name or an address) as a Host header names it: lower case, IPv6 in brackets."""
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]".lower()
+    return host.lower()
+
+
+def _is_address(name: str) -> bool:
+    """Whether a Host header's `name` is an IP address rather than a name that DNS resolves."""
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
 
 
 def flag_name(setting: str) -> str:
@@ -159,7 +197,8 @@ class Explorer:
                 f"but {self.main.name}'s context holds {context:,}: ask for at most {context - length:,} new tokens"
             )
         sampling = Sampling.of(settings)
-        return Request(prompt_ids, wanted, sampling, settings.get("seed"))
+        stop_at = stop_id(self.main.encoding, settings["stop_at_end_of_text"])
+        return Request(prompt_ids, wanted, sampling, stop_at, settings.get("seed"))
 
     def events(self, request: Request) -> Iterator[dict]:
         """start, then one token event per new token, then compare (with --compare) and end."""
@@ -168,9 +207,8 @@ class Explorer:
             # A fresh seed is drawn from the range --seed accepts, so the page can offer to repeat it.
             seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
             generator = torch.Generator(model.output_weight.device).manual_seed(seed)
-            steps = trace_continuation(
-                model, self.main.encoding, request.prompt_ids, request.max_new_tokens, request.sampling, generator
-            )
+            steps = trace_continuation(model, self.main.encoding, request.prompt_ids, request.max_new_tokens,
+                                       request.sampling, generator, request.stop_at)
             prompt = next(steps)
             yield {"type": "start", "seed": seed, "tokens": prompt}
             token_ids = [token["id"] for token in prompt]
@@ -180,7 +218,9 @@ class Explorer:
             if self.compare is not None:
                 tokens = score(self.compare.model, self.compare.encoding, token_ids)
                 yield {"type": "compare", "model": self.compare.name, "tokens": tokens}
-            yield {"type": "end"}
+            # The trace ends before max_new_tokens only where the model ended the text.
+            new_tokens = len(token_ids) - len(request.prompt_ids)
+            yield {"type": "end", "end_of_text": new_tokens < request.max_new_tokens}
 
 
 class Refusal(Exception):
@@ -214,6 +254,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         url = urlsplit(self.path)
         try:
+            self._check_sender()
             if not self.server.admits(parse_qs(url.query).get("token", [""])[0]):
                 raise Refusal(HTTPStatus.FORBIDDEN, "this page needs the token in the address that "
                                                     "`scratchgpt explore` printed: open that address")
@@ -231,7 +272,26 @@ class _Handler(BaseHTTPRequestHandler):
             allow = {"Allow": ROUTES[url.path]} if e.status == HTTPStatus.METHOD_NOT_ALLOWED else {}
             self._send_json(e.status, {"error": str(e)}, allow)
 
+    def _check_sender(self) -> None:
+        """Refuse a request that another site's page may have sent (see the module's docstring)."""
+        host = self.headers.get("Host")
+        if not self.server.answers_to(host):
+            raise Refusal(HTTPStatus.FORBIDDEN, f"Host {host!r} is not a name of this server: open the address that "
+                                                "`scratchgpt explore` printed (or name this one with --host)")
+        origin = self.headers.get("Origin")
+        # A browser sends the page's own origin as http:// and the Host it asked for.
+        if origin is not None and (host is None or origin.strip().lower() != f"http://{host.strip()}".lower()):
+            raise Refusal(HTTPStatus.FORBIDDEN, f"Origin {origin[:80]!r} is another site's page: only the page that "
+                                                "`scratchgpt explore` serves may use it")
+
     def _generate(self) -> None:
+        content_type = (self.headers.get("Content-Type") or "").strip()
+        if not content_type:
+            raise Refusal(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "the request has no Content-Type; /generate takes "
+                                                             "application/json")
+        if content_type.split(";")[0].strip().lower() != "application/json":
+            raise Refusal(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                          f"Content-Type: {content_type[:40]!r}: /generate takes application/json")
         try:
             request = self.server.explorer.parse(self._read_json())
         except ScratchGPTError as e:
@@ -298,7 +358,8 @@ class ExploreServer(ThreadingHTTPServer):
 
     On a loopback address it admits every request. On any other it makes up a secret token
     (`token`, part of `url`) and admits only requests that carry it: the page then runs the model
-    for anyone who can reach this machine and has the address, and for no one else."""
+    for anyone who can reach this machine and has the address, and for no one else. On either, it
+    answers only to its own names (`answers_to`)."""
 
     def __init__(self, explorer: Explorer, host: str, port: int):
         self.explorer = explorer
@@ -306,7 +367,11 @@ class ExploreServer(ThreadingHTTPServer):
             super().__init__((host, port), _Handler)
         except (OSError, OverflowError) as e:  # in use, not an address of this machine, out of range
             raise ScratchGPTError(f"cannot listen on {host}:{port} ({reason(e)}); choose another --host or --port") from e
-        self.token = None if ipaddress.ip_address(self.server_address[0]).is_loopback else secrets.token_urlsafe(24)
+        address = ipaddress.ip_address(self.server_address[0])
+        self.token = None if address.is_loopback else secrets.token_urlsafe(24)
+        # 0.0.0.0 names no one address: other machines reach the page by any of this machine's.
+        self.any_address = address.is_unspecified
+        self.host_names = LOCAL_NAMES | {host_name(host)} | ({socket.gethostname().lower()} if self.any_address else set())
 
     @property
     def url(self) -> str:
@@ -317,6 +382,18 @@ class ExploreServer(ThreadingHTTPServer):
         """Whether a request carrying `token` (empty: none) may be served."""
         # Compared in constant time, so that response times do not reveal how much of it was right.
         return self.token is None or secrets.compare_digest(token.encode(), self.token.encode())
+
+    def answers_to(self, host: str | None) -> bool:
+        """Whether a request whose Host header is `host` (None: none) asks for this server."""
+        if host is None:
+            return True  # no browser leaves it out, so no other site's page can send such a request
+        match = HOST_HEADER.fullmatch(host.strip())
+        if match is None:
+            return False
+        name = match["name"].lower()
+        # A DNS-rebinding page's Host is always its own name, never an address: on 0.0.0.0 any
+        # address is one of this machine's, or a route to it.
+        return name in self.host_names or (self.any_address and _is_address(name))
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         error = sys.exc_info()[1]

@@ -129,11 +129,12 @@ def trace_continuation(
     max_new_tokens: int,
     sampling: Sampling,
     generator: torch.Generator,
+    stop_at: int | None = None,
 ) -> Iterator[list[dict]]:
-    """Continue `prompt_ids` as `scratchgpt generate` does (same `next_token`, same KV cache),
-    yielding first the prompt's tokens, then each new token as a one-item list, all described
-    with their attention. Prompt and continuation must fit in the model's context: the heat map
-    covers one window, so the window never slides."""
+    """Continue `prompt_ids` as `scratchgpt generate` does (same `next_token`, same KV cache, the
+    same end at `stop_at`, which is not yielded), yielding first the prompt's tokens, then each new
+    token as a one-item list, all described with their attention. Prompt and continuation must
+    fit in the model's context: the heat map covers one window, so the window never slides."""
     model.eval()
     if len(prompt_ids) + max_new_tokens > model.config.context_length:
         raise ValueError(f"{len(prompt_ids)} + {max_new_tokens} tokens exceed the context {model.config.context_length}")
@@ -144,6 +145,8 @@ def trace_continuation(
         yield _with_attention(_describe_pass(encoding, prompt_ids, logits[0]), attentions)
         for _ in range(max_new_tokens):
             chosen = next_token(logits[:, -1], sampling, generator, seen=seen)  # (1, 1)
+            if stop_at is not None and int(chosen) == stop_at:
+                return
             seen = torch.cat([seen, chosen], dim=1)
             probabilities = _distributions(logits[0, -1:])
             # Feeding the new token in computes what it looks at (and the next distribution).
