@@ -1,6 +1,6 @@
 """The README's two pictures of `scratchgpt explore`: its probability view and its attention view.
 
-    python scripts/explore_screenshots.py --model models/finetuned --compare models/pretrained --out docs/explore/
+    python scripts/explore_screenshots.py --model models/finetuned/coldplay --compare models/pretrained --out docs/explore/
 
 Serves the page on a free local port, drives headless Chromium through Selenium (Debian:
 `apt-get install chromium chromium-driver`), continues a prompt with a fixed seed, and saves
@@ -101,7 +101,7 @@ class ExplorePage:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models/finetuned")
+    parser.add_argument("--model", default="models/finetuned/coldplay")
     parser.add_argument("--compare", default="models/pretrained")
     parser.add_argument("--out", type=Path, default=Path("docs/explore"))
     parser.add_argument("--prompt", default="Lights go out and I")

@@ -152,6 +152,6 @@ def test_the_recipes_one_line_turns_on_the_whole_modern_block_and_nothing_else()
     from conftest import MODERN_BLOCK
 
     section = (ROOT / "docs/recipe.md").read_text().split("## The modern block")[1].split("\n## ")[0]
-    (line,) = [line for line in section.splitlines() if line.startswith("dvc exp run")]
+    (line,) = [line for line in section.splitlines() if line.startswith("dvc exp run -S model.")]
     settings = dict(flag.split("=", 1) for flag in line.split(" -S ")[1:])
     assert {key.removeprefix("model."): yaml.safe_load(value) for key, value in settings.items()} == MODERN_BLOCK

@@ -217,7 +217,7 @@ def test_the_modern_block_end_to_end(project):
     assert "I want something" in (project / "metrics/samples/coldplay.md").read_text()
     explorer = Explorer(load(project / "models/finetuned/coldplay", "cpu"), load(project / "models/pretrained", "cpu"))
     form = {"prompt": "Lights go out", "temperature": "0.8", "top_k": "50", "top_p": "0.95",
-            "repetition_penalty": "1.0", "min_p": "0.0", "max_new_tokens": "6", "seed": "1"}
+            "repetition_penalty": "1.0", "min_p": "0.0", "max_new_tokens": "6", "seed": "1", "stop_at_end_of_text": "false"}
     events = list(explorer.events(explorer.parse(form)))
     assert [event["type"] for event in events] == ["start"] + ["token"] * 6 + ["compare", "end"]
     compared = events[-2]["tokens"]

@@ -23,8 +23,8 @@ def test_renders_every_titled_plot_the_same_twice(tmp_path):
         assert image == (tmp_path / "b" / name).read_bytes()  # no timestamps: same data, same bytes
 
 
-def test_the_readme_shows_the_committed_images():
-    readme = (ROOT / "README.md").read_text()
-    assert "python scripts/plot_images.py" in readme
+def test_the_results_page_shows_the_committed_images():
+    results = (ROOT / "docs/results.md").read_text()
+    assert "python scripts/plot_images.py" in results
     for name in IMAGES:
-        assert f"(docs/plots/{name})" in readme and (ROOT / "docs/plots" / name).exists()
+        assert f"(plots/{name})" in results and (ROOT / "docs/plots" / name).exists()
