@@ -36,22 +36,39 @@ WIDTH, HEIGHT, SCALE = 400, 300, 2
 
 STEP_TIME_KEYS = ("num_blocks", "embed_dim", "attention_dim", "num_heads", "context_length", "batch_size",
                   "vocab_size", "optimizer")  # what a step's time depends on
-# ... and the block's `model` keys, at the article's values where a step time or an experiment
-# predates them (params.yaml's defaults).
+# ... and the block's `model` keys, at the article's values (GPTConfig's defaults) where a step
+# time or an experiment predates them.
 BLOCK_KEYS = {"activation": "gelu", "qkv_bias": False, "position_encoding": "learned", "norm": "layernorm",
               "qk_norm": False, "bias": True, "zero_init_projections": False, "logit_softcap": None}
+# The modern block's parts (the soft cap apart), each with the name a label gives it.
+MODERN_PARTS = {("position_encoding", "rope"): "RoPE", ("norm", "rmsnorm"): "RMSNorm", ("qk_norm", True): "QK-norm",
+                ("activation", "relu2"): "ReLU^2", ("bias", False): "no biases", ("zero_init_projections", True): "zero-init"}
 
 
 def recipe_key(recipe: dict[str, Any]) -> tuple:
     return (*(recipe[key] for key in STEP_TIME_KEYS), *(recipe.get(key, value) for key, value in BLOCK_KEYS.items()))
 
 
+def block_label(model: dict[str, Any]) -> str:
+    """The block's part of a label: nothing for the article's, "modern block" for every modern part,
+    and which parts are left out or added otherwise."""
+    present = [name for (key, value), name in MODERN_PARTS.items() if model.get(key, BLOCK_KEYS[key]) == value]
+    missing = [name for name in MODERN_PARTS.values() if name not in present]
+    cap = model.get("logit_softcap")
+    if len(present) * 2 > len(MODERN_PARTS):
+        label = ", modern block" + (f" without {', '.join(missing)}" if missing else "")
+    else:
+        label = "".join(f", {name}" for name in present)
+    return label + (f", soft cap {cap:g}" if cap else "")
+
+
 def recipe_label(model: dict[str, Any], train: dict[str, Any], vocab_size: int) -> str:
-    """A recipe's name in the picture: its shape and vocabulary, and batch or context where they
-    are not the sweep's usual 8 x 256."""
+    """A recipe's name in the picture: its shape and vocabulary, batch or context where they are
+    not the sweep's usual 8 x 256, the block where it is not the article's, and Muon."""
     return (f"{model['num_blocks']} x {model['embed_dim']}, {round(vocab_size / 1024)}k vocab"
             + (f", batch {train['batch_size']}" if train["batch_size"] != 8 else "")
-            + (f", context {model['context_length']}" if model["context_length"] != 256 else ""))
+            + (f", context {model['context_length']}" if model["context_length"] != 256 else "")
+            + block_label(model) + (", Muon" if train.get("optimizer") == "muon" else ""))
 
 
 def default_recipe(params_file: Path = ROOT / "params.yaml") -> str:
