@@ -158,3 +158,71 @@ def ending_the_text(model, prompt_ids: list[int], end_of_text: int, after: int =
         weight = ending.output_weight
         weight[[chosen[ends], end_of_text]] = weight[[end_of_text, chosen[ends]]]
     return ending, chosen[:ends]
+
+
+# Real text, a tokenizer trained on it and random weights: what the exports are tested on.
+
+@pytest.fixture(scope="session")
+def texts() -> dict[str, list[str]]:
+    """Real text as the project meets it: raw IMDb reviews (unicode, `<br />`), cleaned ones
+    (newlines), Coldplay songs (read here, never committed), and a few awkward strings."""
+    import pandas as pd
+
+    from scratchgpt.encodings import END_OF_TEXT
+    from scratchgpt.text import clean_documents
+
+    requires_shared_data()
+    raw = pd.read_parquet(SHARED_DATA / "imdb" / "train.parquet")["text"].iloc[::250].tolist()
+    songs = (SHARED_DATA / "lyrics" / "coldplay.txt").read_text(encoding="utf-8").split("\n\n\n")
+    awkward = ["naïve café – “quoted” 日本語 🎬\n\n\n  tabs\t\tand  spaces  ", "it's IT'S they'll 12345678",
+               f"one review{END_OF_TEXT}the next", "\r\n  \n", " leading space", "trailing space "]
+    assert any(not text.isascii() for text in raw) and any("\n" in song for song in songs)
+    return {"raw": raw, "clean": clean_documents(raw), "lyrics": songs, "awkward": awkward}
+
+
+@pytest.fixture(scope="session")
+def trained(texts):
+    """A BPE of 600 ids trained on `texts`, as the tokenize stage trains one."""
+    from scratchgpt.encodings import train_bpe
+
+    return train_bpe(texts["clean"] + texts["lyrics"], 600)
+
+
+def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Every weight and bias far from its initial value (zero-initialised projections included),
+    so a tensor mapped wrongly (or a zero bias where there should be one) changes the logits by
+    far more than the tolerance."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            is_norm_scale = ("ln_" in name or "norm" in name) and name.endswith("weight")
+            parameter.copy_(1 + 0.3 * noise if is_norm_scale else 0.3 * noise)
+    return model.eval()
+
+
+def token_batch(encoding, texts: list[str], length: int) -> torch.Tensor:
+    """The first `length` ids of each text that has that many, as one batch."""
+    import torch
+
+    from scratchgpt.encodings import END_OF_TEXT
+
+    ids = [encoding.encode(text, allowed_special={END_OF_TEXT}) for text in texts]
+    return torch.tensor([row[:length] for row in ids if len(row) >= length][:4])
+
+
+def logit_gap(model, hf, encoding, texts: dict[str, list[str]]) -> float:
+    """The largest difference between the logits of our `model` and of transformers' `hf` on 64
+    tokens of a few IMDb reviews and songs, where ours are far from uniform (std above 1)."""
+    import torch
+
+    gaps = []
+    for name in ("raw", "lyrics"):
+        ids = token_batch(encoding, texts[name], 64)
+        with torch.no_grad():
+            ours, theirs = model(ids), hf(ids).logits
+        assert ours.shape == theirs.shape == (len(ids), 64, encoding.n_vocab) and ours.std() > 1
+        gaps.append((ours - theirs).abs().max().item())
+    return max(gaps)

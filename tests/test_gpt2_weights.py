@@ -8,61 +8,23 @@ import json
 import types
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import SHARED_DATA, requires_shared_data
+from conftest import logit_gap, randomize, requires_shared_data, token_batch
 from scratchgpt.cli import main
-from scratchgpt.encodings import END_OF_TEXT, get_encoding, train_bpe
+from scratchgpt.encodings import END_OF_TEXT, get_encoding
 from scratchgpt.errors import ScratchGPTError
 from scratchgpt.gpt2_weights import export, gpt2_config, load_gpt2, require_gpt2_tokens
 from scratchgpt.model import GPT, GPTConfig
 from scratchgpt.params import ModelParams
 from scratchgpt.saved_model import save_model
-from scratchgpt.text import clean_documents
 from scratchgpt.tokens import TokenShards
 
 transformers = pytest.importorskip("transformers")
 
 TOLERANCE = 1e-3  # max abs logit difference in fp32; the logits themselves span several units
-
-
-@pytest.fixture(scope="module")
-def texts() -> dict[str, list[str]]:
-    """Real text as the project meets it: raw IMDb reviews (unicode, `<br />`), cleaned ones
-    (newlines), Coldplay songs (read here, never committed), and a few awkward strings."""
-    requires_shared_data()
-    raw = pd.read_parquet(SHARED_DATA / "imdb" / "train.parquet")["text"].iloc[::250].tolist()
-    songs = (SHARED_DATA / "lyrics" / "coldplay.txt").read_text(encoding="utf-8").split("\n\n\n")
-    awkward = ["naïve café – “quoted” 日本語 🎬\n\n\n  tabs\t\tand  spaces  ", "it's IT'S they'll 12345678",
-               f"one review{END_OF_TEXT}the next", "\r\n  \n", " leading space", "trailing space "]
-    assert any(not text.isascii() for text in raw) and any("\n" in song for song in songs)
-    return {"raw": raw, "clean": clean_documents(raw), "lyrics": songs, "awkward": awkward}
-
-
-@pytest.fixture(scope="module")
-def trained(texts):
-    return train_bpe(texts["clean"] + texts["lyrics"], 600)
-
-
-def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Every weight and bias far from its initial value, so a tensor mapped wrongly (or a zero
-    bias where there should be one) changes the logits by far more than the tolerance."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            is_norm_scale = ("ln_" in name or "norm" in name) and name.endswith("weight")
-            parameter.copy_(1 + 0.3 * noise if is_norm_scale else 0.3 * noise)
-    return model.eval()
-
-
-def token_batch(encoding, texts: list[str], length: int) -> torch.Tensor:
-    """The first `length` ids of each text that has that many, as one batch."""
-    ids = [encoding.encode(text, allowed_special={END_OF_TEXT}) for text in texts]
-    return torch.tensor([row[:length] for row in ids if len(row) >= length][:4])
 
 
 def export_random(tmp_path: Path, encoding, seed: int, **settings) -> tuple[GPT, Path]:
@@ -88,12 +50,7 @@ def test_an_exported_model_gives_transformers_the_same_logits(tmp_path, texts, t
     assert type(hf).__name__ == "GPT2LMHeadModel" and hf.config.vocab_size == encoding.n_vocab < model.config.padded_vocab_size
     assert hf.config.tie_word_embeddings == model.config.tie_embeddings
     assert load_file(out / "model.safetensors").keys().isdisjoint({"lm_head.weight"}) == model.config.tie_embeddings
-    for name in ("raw", "lyrics"):
-        ids = token_batch(encoding, texts[name], 64)
-        with torch.no_grad():
-            ours, theirs = model(ids), hf(ids).logits
-        assert ours.shape == theirs.shape == (len(ids), 64, encoding.n_vocab)
-        assert ours.std() > 1 and (ours - theirs).abs().max() < TOLERANCE
+    assert logit_gap(model, hf, encoding, texts) < TOLERANCE
 
 
 @pytest.mark.parametrize("kind", EXPORTS)

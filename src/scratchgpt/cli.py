@@ -21,8 +21,8 @@ from scratchgpt.saved_model import load_model
 from scratchgpt.devices import pick_device
 from scratchgpt.errors import ScratchGPTError, exit_on_error
 from scratchgpt.explore.server import serve
+from scratchgpt.export import export
 from scratchgpt.generate import Sampling, stop_id, stream, text_to_token_ids
-from scratchgpt.gpt2_weights import export
 from scratchgpt.params import MAX_NEW_TOKENS, SampleParams, parse_flag
 from scratchgpt.quantize import quantize
 from scratchgpt.stage import remove_stale_states
@@ -106,9 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     exporter = commands.add_parser(
         "export",
         help="write a model as a folder that Hugging Face transformers reads",
-        description="Write the model to the new folder OUT in GPT-2's layout, which transformers' "
-        "AutoModelForCausalLM.from_pretrained(OUT) and AutoTokenizer.from_pretrained(OUT) read, and which "
-        "`hf upload` puts on the Hugging Face Hub (docs/models.md).",
+        description="Write the model to the new folder OUT in GPT-2's layout (the article's block) or Qwen3's "
+        "(the modern block; Llama's without QK-norm), which transformers' AutoModelForCausalLM.from_pretrained(OUT) "
+        "and AutoTokenizer.from_pretrained(OUT) read, and which `hf upload` puts on the Hugging Face Hub "
+        "(docs/models.md).",
     )
     exporter.add_argument("out", metavar="OUT", help="the folder to write; it must not exist")
     exporter.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: %(default)s)")
