@@ -53,10 +53,12 @@ TINY_OVERRIDES = {
     "sample": {"max_new_tokens": 6},
 }
 
-# Every part of the modern block on (the `model` keys docs/recipe.md's line sets); the defaults
-# are the article's block.
+# Every part of the modern block on, the soft cap too (params.yaml's defaults are these, less the
+# cap); GPTConfig's defaults, and the values docs/recipe.md's line sets, are the article's block.
 MODERN_BLOCK = {"position_encoding": "rope", "norm": "rmsnorm", "qk_norm": True, "activation": "relu2", "bias": False,
                 "zero_init_projections": True, "logit_softcap": 15.0}
+ARTICLE_BLOCK = {"position_encoding": "learned", "norm": "layernorm", "qk_norm": False, "activation": "gelu", "bias": True,
+                 "zero_init_projections": False, "logit_softcap": None}
 
 
 def requires_shared_data() -> None:

@@ -278,11 +278,11 @@ def test_pretrain_and_finetune_start_from_gpt2_weights(project, tiny_gpt2):
     checkpoint's."""
     import yaml
 
-    from conftest import DVC, run, tiny_params
+    from conftest import ARTICLE_BLOCK, DVC, run, tiny_params
 
     folder, _ = tiny_gpt2
-    shape = {"num_heads": 2, "embed_dim": 32, "attention_dim": 32, "num_blocks": 2, "context_length": 32,
-             "tie_embeddings": True, "activation": "gelu_tanh", "qkv_bias": True}
+    shape = ARTICLE_BLOCK | {"num_heads": 2, "embed_dim": 32, "attention_dim": 32, "num_blocks": 2, "context_length": 32,
+                             "tie_embeddings": True, "activation": "gelu_tanh", "qkv_bias": True}  # GPT-2's block
     slow = {"init_from": str(folder), "learning_rate": 1.0e-6, "min_lr": 0.0}
     params = tiny_params(model=shape, train=slow, finetune=slow)  # tokenize: GPT-2's encoding
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

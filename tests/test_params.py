@@ -148,10 +148,13 @@ def test_the_model_section_offers_exactly_the_models_options(tmp_path):
     assert {key: getattr(config, key) for key in MODERN_BLOCK} == MODERN_BLOCK
 
 
-def test_the_recipes_one_line_turns_on_the_whole_modern_block_and_nothing_else():
-    from conftest import MODERN_BLOCK
+def test_the_defaults_are_the_modern_block_without_the_cap_and_the_recipes_line_restores_the_articles():
+    from conftest import ARTICLE_BLOCK, MODERN_BLOCK
 
+    model = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]
+    assert {key: model[key] for key in MODERN_BLOCK} == MODERN_BLOCK | {"logit_softcap": None}
     section = (ROOT / "docs/recipe.md").read_text().split("## The modern block")[1].split("\n## ")[0]
     (line,) = [line for line in section.splitlines() if line.startswith("dvc exp run -S model.")]
     settings = dict(flag.split("=", 1) for flag in line.split(" -S ")[1:])
-    assert {key.removeprefix("model."): yaml.safe_load(value) for key, value in settings.items()} == MODERN_BLOCK
+    restored = {key.removeprefix("model."): yaml.safe_load(value) for key, value in settings.items()}
+    assert model | restored == model | ARTICLE_BLOCK  # every other part back, the cap already off
