@@ -23,6 +23,7 @@ Run: python bench/recipe_step_time.py [--rounds 5] [--emulate-avx2] [--cpu-time]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -52,8 +53,7 @@ MODERN_BLOCK = {"position_encoding": "rope", "norm": "rmsnorm", "qk_norm": True,
                 "zero_init_projections": True, "logit_softcap": 15.0}
 
 # The same keys at the article's values (GPTConfig's defaults), less the cap, which the rows leave out anyway.
-ARTICLE_BLOCK = {"position_encoding": "learned", "norm": "layernorm", "qk_norm": False, "activation": "gelu", "bias": True,
-                 "zero_init_projections": False}
+ARTICLE_BLOCK = {f.name: f.default for f in dataclasses.fields(GPTConfig) if f.name in MODERN_BLOCK.keys() - {"logit_softcap"}}
 
 # name -> (vocabulary, optimizer, model settings: shape and block, batch size). The first row is the yardstick.
 RECIPES = {
