@@ -5,6 +5,11 @@
     python scripts/frontier.py draw           # metrics/sweep/runs.json -> docs/plots/frontier.png
     python scripts/frontier.py table          # the same rows as docs/recipe.md's markdown table
 
+    # the modern block against the article's, on the CPU its runs were made on:
+    python bench/recipe_step_time.py --only "4x192, 32k, b8" --rounds 7 --json metrics/sweep/step_times_block.json
+    python scripts/frontier.py blocks --step-times metrics/sweep/step_times_block.json --runs metrics/sweep/runs_block.json
+    python scripts/frontier.py draw --runs metrics/sweep/runs_block.json --out docs/plots/frontier_block.png
+
 `collect` reads every experiment of the sweep (names starting with `short-`, `default-` or
 `hour-`, one per budget) from `dvc exp show --json`: its model shape, vocabulary, batch, peak
 learning rate and steps from the params it ran with, its best IMDb validation bits per byte and
@@ -12,6 +17,10 @@ tokens from its metrics. Its minutes are its steps times its recipe's measured s
 (the bench's file, which names the CPU): the time the training steps take alone on that CPU,
 evaluations excluded. Both files are committed, so `draw` needs no experiments and a clone can
 redraw the picture. The same rows give the same bytes.
+
+`blocks` makes the same rows from the block comparison's record, metrics/sweep/modern_block.json
+(one shape and vocabulary; each run's block, optimizer, steps and best bits per byte, copied from
+its experiments, which were not kept), with step times measured on the CPU those runs were made on.
 """
 
 from __future__ import annotations
@@ -53,10 +62,12 @@ def block_label(model: dict[str, Any]) -> str:
     """The block's part of a label: nothing for the article's, "modern block" for every modern part,
     and which parts are left out or added otherwise."""
     present = [name for (key, value), name in MODERN_PARTS.items() if model.get(key, BLOCK_KEYS[key]) == value]
-    missing = [name for name in MODERN_PARTS.values() if name not in present]
+    # A part left out: "without RoPE", but "with biases" rather than "without no biases".
+    missing = [f"with {name.removeprefix('no ')}" if name.startswith("no ") else f"without {name}"
+               for name in MODERN_PARTS.values() if name not in present]
     cap = model.get("logit_softcap")
     if len(present) * 2 > len(MODERN_PARTS):
-        label = ", modern block" + (f" without {', '.join(missing)}" if missing else "")
+        label = ", modern block" + "".join(f" {leaving_out}," for leaving_out in missing).rstrip(",")
     else:
         label = "".join(f", {name}" for name in present)
     return label + (f", soft cap {cap:g}" if cap else "")
@@ -90,18 +101,26 @@ def sweep_experiments(shown: list[dict[str, Any]]) -> Iterator[tuple[str, dict[s
 def run_row(name: str, data: dict[str, Any], step_seconds: dict[tuple, float]) -> dict[str, Any]:
     params = data["params"]["params.yaml"]["data"]
     metrics = data["metrics"]["metrics/train/metrics.json"]["data"]
-    model, train = params["model"], params["train"]
     vocab = params["tokenize"]["vocab_size"] or 50257  # null = GPT-2's encoding
+    return frontier_row(name, params["model"], params["train"], vocab, metrics, step_seconds)
+
+
+def frontier_row(name: str, model: dict[str, Any], train: dict[str, Any], vocab: int, metrics: dict[str, Any],
+                 step_seconds: dict[tuple, float]) -> dict[str, Any]:
+    """One run's row: its recipe, its best validation bits per byte, and its steps turned into minutes
+    with its recipe's measured seconds a step. The peak learning rate is Muon's for a Muon run (the
+    rate its sweep varies), AdamW's otherwise."""
     key = recipe_key(model | train | {"vocab_size": vocab})
     if key not in step_seconds:
         raise SystemExit(f"{name}: no measured step time for {dict(zip([*STEP_TIME_KEYS, *BLOCK_KEYS], key))}; "
                          "add the recipe to bench/recipe_step_time.py and measure again")
-    peak = train["max_lr"] or train["learning_rate"]
+    peak = train["muon_lr"] if train.get("optimizer") == "muon" else train["max_lr"] or train["learning_rate"]
     return {
         "name": name,
         "budget": name.split("-")[0],
         "shape": f"{model['num_blocks']} x {model['embed_dim']}",
         "recipe": recipe_label(model, train, vocab),
+        "block": block_label(model).removeprefix(", "),  # "" for the article's
         "num_heads": model["num_heads"],
         "vocab_size": vocab,
         "batch_size": train["batch_size"],
@@ -119,13 +138,34 @@ def collect(step_times: Path, out: Path, revisions: list[str]) -> list[dict[str,
     measured = json.loads(step_times.read_text())
     command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(f"--rev={rev}" for rev in revisions)]
     shown = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    step_seconds = {recipe_key(recipe): recipe["seconds"] for recipe in measured["recipes"]}
-    rows = [run_row(name, data, step_seconds) for name, data in sweep_experiments(json.loads(shown))]
+    rows = [run_row(name, data, measured_seconds(measured)) for name, data in sweep_experiments(json.loads(shown))]
     if not rows:
         raise SystemExit("no finished sweep experiments (names starting with short-, default- or hour-) in dvc exp show")
+    return write_rows(out, measured["cpu"], rows)
+
+
+def collect_blocks(step_times: Path, block_runs: Path, out: Path) -> list[dict[str, Any]]:
+    """The block comparison's rows from its record (one shape and vocabulary, each run's block,
+    optimizer, steps and best bits per byte), its minutes from step times measured on the CPU it ran on."""
+    measured, record = json.loads(step_times.read_text()), json.loads(block_runs.read_text())
+    step_seconds, rows = measured_seconds(measured), []
+    for run in record["runs"]:
+        model = record["shape"] | run["model"]
+        train = record["train"] | {"optimizer": run["optimizer"]} | run.get("train", {})
+        tokens = run["steps"] * train["batch_size"] * model["context_length"]
+        metrics = {"steps": run["steps"], "tokens_seen": tokens, "best_val_bpb": run["best_val_bpb"]}
+        rows.append(frontier_row(run["name"], model, train, record["vocab_size"], metrics, step_seconds))
+    return write_rows(out, measured["cpu"], rows)
+
+
+def measured_seconds(step_times: dict[str, Any]) -> dict[tuple, float]:
+    return {recipe_key(recipe): recipe["seconds"] for recipe in step_times["recipes"]}
+
+
+def write_rows(out: Path, cpu: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows.sort(key=lambda row: (BUDGETS.index(row["budget"]), row["recipe"], row["peak_lr"]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cpu": measured["cpu"], "runs": rows}, indent=1) + "\n")
+    out.write_text(json.dumps({"cpu": cpu, "runs": rows}, indent=1) + "\n")
     return rows
 
 
@@ -141,12 +181,13 @@ def best_per_budget(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def frontier_spec(sweep: dict[str, Any]) -> dict[str, Any]:
     """Two panels, bits per byte against minutes and against tokens: one line per recipe, the
-    article's shape dashed."""
+    article's dashed in what the rows compare (its shape, or its block where all share one shape)."""
     points = best_per_budget(sweep["runs"])
     default = default_recipe()
     labels = {"default": "the default", "hour": "the hour recipe"}  # the default recipe's points, by budget
+    compared = "shape" if len({point["shape"] for point in points}) > 1 else "block"
     for point in points:
-        point["article"] = point["shape"] == ARTICLE_SHAPE
+        point["article"] = point["shape"] == ARTICLE_SHAPE if compared == "shape" else not point.get("block")
         point["label"] = labels.get(point["budget"], "") if point["recipe"] == default else ""
     colour = {"field": "recipe", "type": "nominal", "title": None}
     y = {"field": "best_val_bpb", "type": "quantitative", "title": "IMDb validation bits per byte (lower is better)",
@@ -169,7 +210,8 @@ def frontier_spec(sweep: dict[str, Any]) -> dict[str, Any]:
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "title": {"text": "What each training budget buys", "subtitle": [f"training steps alone on {sweep['cpu']}",
-                  "each recipe at its best peak learning rate; the article's shape dashed"]},
+                  f"each recipe at its best peak learning rate; the article's {compared} dashed"
+                  + ("" if any(point.get("block") for point in points) else "; all the article's block")]},
         "data": {"values": points},
         "hconcat": [panel("minutes", "training minutes (log scale)"), panel("tokens", "training tokens (log scale)")],
         "background": "white",
@@ -200,15 +242,18 @@ def draw(runs: Path, out: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["collect", "draw", "table"])
+    parser.add_argument("action", choices=["collect", "blocks", "draw", "table"])
     parser.add_argument("--step-times", type=Path, default=SWEEP / "step_times.json", help="bench/recipe_step_time.py --json output")
     parser.add_argument("--runs", type=Path, default=SWEEP / "runs.json", help="the sweep's rows")
+    parser.add_argument("--block-record", type=Path, default=SWEEP / "modern_block.json", help="the block comparison's runs (blocks)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "plots" / "frontier.png", help="the picture")
     parser.add_argument("--rev", action="append", default=[], metavar="COMMIT",
                         help="collect the experiments run from this commit (repeatable; default: HEAD)")
     args = parser.parse_args()
     if args.action == "collect":
         print(f"{len(collect(args.step_times, args.runs, args.rev or ['HEAD']))} runs -> {args.runs}")
+    elif args.action == "blocks":
+        print(f"{len(collect_blocks(args.step_times, args.block_record, args.runs))} runs -> {args.runs}")
     elif args.action == "table":
         print(table(args.runs))
     else:

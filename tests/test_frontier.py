@@ -76,8 +76,50 @@ def test_draws_the_same_picture_twice_from_the_rows(tmp_path):
         ("8 x 256, 32k vocab", "default", 1e-3), ("8 x 256, 32k vocab", "short", 1e-3)]
 
 
-def test_the_readme_shows_the_committed_frontier():
-    assert "(docs/plots/frontier.png)" in (ROOT / "README.md").read_text()
+def test_the_docs_show_the_committed_frontier():
+    assert "(plots/frontier.png)" in (ROOT / "docs/recipe.md").read_text()
     assert (ROOT / "docs/plots/frontier.png").exists()
     rows = json.loads((ROOT / "metrics/sweep/runs.json").read_text())["runs"]
     assert {row["budget"] for row in rows} >= {"short", "default"}
+
+
+def test_the_block_record_becomes_rows_with_the_articles_block_dashed(tmp_path):
+    record = {"shape": SHAPE, "vocab_size": 32768, "train": {"batch_size": 8, "learning_rate": 2.0e-3, "max_lr": None, "muon_lr": 0.02},
+              "runs": [{"name": "short-base", "model": {}, "optimizer": "adamw", "steps": 500, "best_val_bpb": 1.9},
+                       {"name": "short-modern-muon", "model": {"position_encoding": "rope", "norm": "rmsnorm"},
+                        "optimizer": "muon", "train": {"muon_lr": 0.04}, "steps": 400, "best_val_bpb": 1.8}]}
+    recipe = SHAPE | {"batch_size": 8, "vocab_size": 32768}
+    step_times = {"cpu": "a test CPU", "recipes": [recipe | {"optimizer": "adamw", "seconds": 0.6},
+                                                   recipe | {"optimizer": "muon", "position_encoding": "rope",
+                                                             "norm": "rmsnorm", "seconds": 0.75}]}
+    (tmp_path / "record.json").write_text(json.dumps(record))
+    (tmp_path / "steps.json").write_text(json.dumps(step_times))
+    rows = frontier.collect_blocks(tmp_path / "steps.json", tmp_path / "record.json", tmp_path / "rows.json")
+    base, muon = rows
+    assert (base["minutes"], muon["minutes"]) == (5.0, 5.0) and muon["tokens"] == 400 * 2048
+    assert (base["block"], muon["block"]) == ("", "RoPE, RMSNorm") and muon["recipe"] == "6 x 192, 32k vocab, RoPE, RMSNorm, Muon"
+    assert muon["peak_lr"] == 0.04  # a Muon run's rate is Muon's
+    spec = frontier.frontier_spec(json.loads((tmp_path / "rows.json").read_text()))
+    assert {point["name"]: point["article"] for point in spec["data"]["values"]} == {"short-base": True, "short-modern-muon": False}
+    assert "the article's block dashed" in spec["title"]["subtitle"][1]
+    del step_times["recipes"][1]
+    (tmp_path / "steps.json").write_text(json.dumps(step_times))
+    with pytest.raises(SystemExit, match="short-modern-muon: no measured step time"):
+        frontier.collect_blocks(tmp_path / "steps.json", tmp_path / "record.json", tmp_path / "rows.json")
+
+
+def test_the_committed_block_rows_are_the_records_with_the_committed_step_times(tmp_path):
+    sweep = ROOT / "metrics/sweep"
+    rows = frontier.collect_blocks(sweep / "step_times_block.json", sweep / "modern_block.json", tmp_path / "rows.json")
+    assert (tmp_path / "rows.json").read_text() == (sweep / "runs_block.json").read_text()
+    assert {row["budget"] for row in rows} == {"short", "default", "hour"}
+    assert "(docs/plots/frontier_block.png)" in (ROOT / "README.md").read_text()
+    assert (ROOT / "docs/plots/frontier_block.png").exists()
+
+
+def test_a_label_names_what_a_modern_block_leaves_out():
+    modern = dict(frontier.MODERN_PARTS.keys())  # each part at its modern value
+    assert frontier.block_label(modern) == ", modern block"
+    assert frontier.block_label(modern | {"position_encoding": "learned", "bias": True}) == ", modern block without RoPE, with biases"
+    assert frontier.block_label(modern | {"logit_softcap": 15.0}) == ", modern block, soft cap 15"
+    assert frontier.block_label({"activation": "relu2"}) == ", ReLU^2"
