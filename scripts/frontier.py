@@ -26,6 +26,7 @@ its experiments, which were not kept), with step times measured on the CPU those
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -35,6 +36,8 @@ from typing import Any
 
 import vl_convert
 import yaml
+
+from scratchgpt.model import GPTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "metrics" / "sweep"
@@ -47,8 +50,8 @@ STEP_TIME_KEYS = ("num_blocks", "embed_dim", "attention_dim", "num_heads", "cont
                   "vocab_size", "optimizer")  # what a step's time depends on
 # ... and the block's `model` keys, at the article's values (GPTConfig's defaults) where a step
 # time or an experiment predates them.
-BLOCK_KEYS = {"activation": "gelu", "qkv_bias": False, "position_encoding": "learned", "norm": "layernorm",
-              "qk_norm": False, "bias": True, "zero_init_projections": False, "logit_softcap": None}
+BLOCK_KEYS = {field.name: field.default for field in dataclasses.fields(GPTConfig) if field.name in (
+    "activation", "qkv_bias", "position_encoding", "norm", "qk_norm", "bias", "zero_init_projections", "logit_softcap")}
 # The modern block's parts (the soft cap apart), each with the name a label gives it.
 MODERN_PARTS = {("position_encoding", "rope"): "RoPE", ("norm", "rmsnorm"): "RMSNorm", ("qk_norm", True): "QK-norm",
                 ("activation", "relu2"): "ReLU^2", ("bias", False): "no biases", ("zero_init_projections", True): "zero-init"}
