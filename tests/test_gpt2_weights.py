@@ -16,7 +16,8 @@ from conftest import logit_gap, randomize, requires_shared_data, token_batch
 from scratchgpt.cli import main
 from scratchgpt.encodings import END_OF_TEXT, get_encoding
 from scratchgpt.errors import ScratchGPTError
-from scratchgpt.gpt2_weights import export, gpt2_config, load_gpt2, require_gpt2_tokens
+from scratchgpt.export import export
+from scratchgpt.gpt2_weights import gpt2_config, load_gpt2, require_gpt2_tokens
 from scratchgpt.model import GPT, GPTConfig
 from scratchgpt.params import ModelParams
 from scratchgpt.saved_model import save_model

@@ -56,7 +56,10 @@ def start(device: torch.device) -> torch.device:
 
 
 def stop() -> None:
+    """Leave the process group once every process has finished its collectives, so that none
+    closes its connections while another is still talking through them."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

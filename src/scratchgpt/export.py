@@ -1,7 +1,7 @@
 """A model folder that transformers reads: GPT-2's layout for the article's block, Qwen3's or
 Llama's for the modern one.
 
-The article's block is GPT-2's, and goes out as `gpt2_weights.export` writes it. The modern block
+The article's block is GPT-2's, and goes out in GPT-2's layout (`gpt2_weights`). The modern block
 (rotary positions, RMSNorm without gains, ReLU^2, no biases) is a Llama block in all but two
 parts. Its QK-norm is Qwen3's, which is Llama's with an RMSNorm over each head's queries and keys
 before RoPE: with QK-norm the model goes out as a `Qwen3ForCausalLM`, without it as a
@@ -22,10 +22,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from scratchgpt import gpt2_weights
 from scratchgpt.encodings import hugging_face_tokenizer
 from scratchgpt.errors import ScratchGPTError
-from scratchgpt.gpt2_weights import CONFIG_FILE, GPT2_EXPRESSES, WEIGHTS_FILE
+from scratchgpt.gpt2_weights import CONFIG_FILE, GPT2_EXPRESSES, WEIGHTS_FILE, gpt2_config, to_gpt2
 from scratchgpt.model import GPT, ROPE_BASE, GPTConfig
 from scratchgpt.outputs import atomic_dir, write_json
 from scratchgpt.saved_model import load_model
@@ -132,24 +131,25 @@ def modern_weights(model: GPT) -> dict[str, torch.Tensor]:
 def export(model_folder: str | Path, out: str | Path) -> None:
     """Write the model in `model_folder` to the new folder `out` in Hugging Face's format, which
     `AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)` read: in
-    GPT-2's layout for the article's block (`gpt2_weights.export`), in Qwen3's or Llama's for the
-    modern one, with the same tokenizer files. `out` appears whole or not at all."""
+    GPT-2's layout for the article's block, in Qwen3's or Llama's for the modern one, with the
+    same tokenizer files. `out` appears whole or not at all."""
     out = Path(out)
     if out.exists() or out.is_symlink():
         raise ScratchGPTError(f"{out}: already exists; export writes a new folder (remove it, or name another)")
     model, encoding = load_model(model_folder)
     where = Path(model_folder) / CONFIG_FILE
     if layout(model.config, where) == GPT2_LAYOUT:
-        gpt2_weights.export(model_folder, out)  # which loads the model again
-        return
-    settings = modern_config(model.config, where)
+        settings, weights = gpt2_config(model.config, where), to_gpt2(model)
+    else:
+        settings, weights = modern_config(model.config, where), modern_weights(model)
     from transformers import AutoConfig  # slow to import; only an export needs it
 
     with atomic_dir(out) as tmp:
         end_of_text = encoding.eot_token
         AutoConfig.for_model(**settings, bos_token_id=end_of_text, eos_token_id=end_of_text).save_pretrained(tmp)
-        save_file(modern_weights(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        # As gpt2_weights.export writes the tokenizer, naming its class for transformers 4 and 5.
+        save_file(weights, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         hugging_face_tokenizer(encoding, model.config.context_length).save_pretrained(tmp)
+        # transformers 5 writes its own name of the class, which transformers 4 does not know;
+        # PreTrainedTokenizerFast names it for both (as Llama 3's tokenizer_config.json does).
         tokenizer_config = json.loads((tmp / "tokenizer_config.json").read_text(encoding="utf-8"))
         write_json(tmp / "tokenizer_config.json", {**tokenizer_config, "tokenizer_class": "PreTrainedTokenizerFast"})

@@ -1,6 +1,6 @@
-"""GPT-2's weight layout and the article's GPT, both ways: `export` writes a model folder that
-Hugging Face `transformers` reads, and `load_gpt2` reads GPT-2-format weights (a local folder or
-a Hub id) as a starting point for training.
+"""GPT-2's weight layout and the article's GPT, both ways: `to_gpt2` and `gpt2_config` give
+`export.export` what it writes for the article's block, and `load_gpt2` reads GPT-2-format
+weights (a local folder or a Hub id) as a starting point for training.
 
 The article's block is GPT-2's: token and learned position embeddings, pre-LayerNorm attention
 and a 4x GELU feed-forward, each added back to its input, a final LayerNorm and an LM head. Only
@@ -27,14 +27,12 @@ from typing import Any
 import tiktoken
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from scratchgpt.encodings import get_encoding, hugging_face_tokenizer
+from scratchgpt.encodings import get_encoding
 from scratchgpt.errors import ScratchGPTError, reason, warn
 from scratchgpt.model import GPT, GPTConfig
-from scratchgpt.outputs import atomic_dir, write_json
 from scratchgpt.params import ModelParams, bad_value
-from scratchgpt.saved_model import load_model
 from scratchgpt.tokens import TokenShards
 
 CONFIG_FILE = "config.json"
@@ -153,8 +151,8 @@ def from_gpt2(weights: dict[str, torch.Tensor], config: GPTConfig, where: str | 
 
 
 def gpt2_config(config: GPTConfig, where: str | Path) -> dict[str, Any]:
-    """GPT2Config's settings for a model of `config`; a value GPT-2's layout cannot hold is one
-    line naming its key (`where` is the model's config.json)."""
+    """config.json's settings of GPT-2's layout for a model of `config`; a value GPT-2's layout
+    cannot hold is one line naming its key (`where` is the model's config.json)."""
     for name, expressible in GPT2_EXPRESSES.items():
         value = getattr(config, name, expressible[0])
         if value not in expressible:
@@ -165,6 +163,7 @@ def gpt2_config(config: GPTConfig, where: str | Path) -> dict[str, Any]:
                               f"it equal to model.embed_dim = {config.embed_dim}")
     dropout = config.dropout_rate
     return {
+        "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
         "vocab_size": config.vocab_size,
         "n_positions": config.context_length,
@@ -177,28 +176,6 @@ def gpt2_config(config: GPTConfig, where: str | Path) -> dict[str, Any]:
         "attn_pdrop": dropout,
         "tie_word_embeddings": config.tie_embeddings,
     }
-
-
-def export(model_folder: str | Path, out: str | Path) -> None:
-    """Write the model in `model_folder` to the new folder `out` in Hugging Face's format, which
-    `AutoModelForCausalLM.from_pretrained(out)` and `AutoTokenizer.from_pretrained(out)` read:
-    config.json (GPT2Config's), model.safetensors (GPT2LMHeadModel's tensors) and the tokenizer
-    (`hugging_face_tokenizer`). `out` appears whole or not at all."""
-    out = Path(out)
-    if out.exists() or out.is_symlink():
-        raise ScratchGPTError(f"{out}: already exists; export writes a new folder (remove it, or name another)")
-    model, encoding = load_model(model_folder)
-    settings = gpt2_config(model.config, Path(model_folder) / CONFIG_FILE)
-    from transformers import GPT2Config  # slow to import; only an export needs it
-
-    with atomic_dir(out) as tmp:
-        GPT2Config(**settings, bos_token_id=encoding.eot_token, eos_token_id=encoding.eot_token).save_pretrained(tmp)
-        save_file(to_gpt2(model), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
-        hugging_face_tokenizer(encoding, model.config.context_length).save_pretrained(tmp)
-        # transformers 5 writes its own name of the class, which transformers 4 does not know;
-        # PreTrainedTokenizerFast names it for both (as Llama 3's tokenizer_config.json does).
-        tokenizer_config = json.loads((tmp / "tokenizer_config.json").read_text(encoding="utf-8"))
-        write_json(tmp / "tokenizer_config.json", {**tokenizer_config, "tokenizer_class": "PreTrainedTokenizerFast"})
 
 
 def load_gpt2(source: str, key: str, shape: ModelParams | None = None) -> tuple[GPT, tiktoken.Encoding]:
