@@ -42,6 +42,7 @@ def main(tokens: Path, model_out: Path, metrics_out: Path) -> None:
         print(f"best validation loss {result.best_val_loss:.4f} at step {result.best_step} of {result.steps}")
         save_model(model, encoding, model_out)
         training_state.clear(state)
+    distributed.end_process()
 
 
 if __name__ == "__main__":

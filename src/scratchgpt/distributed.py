@@ -63,6 +63,18 @@ def stop() -> None:
         dist.destroy_process_group()
 
 
+def end_process() -> None:
+    """End a process of several (under torchrun) once its stage's work is done, without the
+    interpreter's teardown; with one process, return. DDP keeps the gloo group referenced past
+    `destroy_process_group` (its worker threads live on), and tearing them down at exit can
+    abort a process that has finished ("terminate called without an active exception", seen
+    once in CI), which torchrun reports as a failed stage after the outputs were written."""
+    if world_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
 def mean_all(values: torch.Tensor, device: torch.device) -> list[float]:
     """Element-wise averages of `values` (a tensor on `device`) over all processes."""
     if world_size() > 1:

@@ -303,9 +303,5 @@ def train(
         run_log.finish(result.summary())
     bar.close()
     model.load_state_dict(best_weights)
-    # DDP's reducer holds the process group and hooks on the model's weights: drop it first, so
-    # the group is gone when stop() returns rather than at interpreter exit (where CI once saw a
-    # process abort with "terminate called without an active exception").
-    del forward, replicated
     distributed.stop()
     return result
