@@ -70,7 +70,7 @@ def block_label(model: dict[str, Any]) -> str:
                for name in MODERN_PARTS.values() if name not in present]
     cap = model.get("logit_softcap")
     if len(present) * 2 > len(MODERN_PARTS):
-        label = ", modern block" + "".join(f" {leaving_out}," for leaving_out in missing).rstrip(",")
+        label = ", modern block" + (f" {', '.join(missing)}" if missing else "")
     else:
         label = "".join(f", {name}" for name in present)
     return label + (f", soft cap {cap:g}" if cap else "")
@@ -141,7 +141,8 @@ def collect(step_times: Path, out: Path, revisions: list[str]) -> list[dict[str,
     measured = json.loads(step_times.read_text())
     command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(f"--rev={rev}" for rev in revisions)]
     shown = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    rows = [run_row(name, data, measured_seconds(measured)) for name, data in sweep_experiments(json.loads(shown))]
+    step_seconds = measured_seconds(measured)
+    rows = [run_row(name, data, step_seconds) for name, data in sweep_experiments(json.loads(shown))]
     if not rows:
         raise SystemExit("no finished sweep experiments (names starting with short-, default- or hour-) in dvc exp show")
     return write_rows(out, measured["cpu"], rows)
